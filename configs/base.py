@@ -1,0 +1,66 @@
+"""Every knob of fmnist_jax, with its default. Experiment configs override a few.
+
+Not a study row by itself: its defaults are Keras' (glorot-uniform kernels and
+zero biases in `fmnist_jax/layers.py`, Adam epsilon 1e-7) and study B's
+protocol (48,000 / 12,000 seeded split, inputs scaled to [0, 1]).
+
+  python launch.py --config=configs/base.py --config.num_epochs=1
+"""
+
+from ml_collections import ConfigDict, config_dict
+
+
+def get_config() -> ConfigDict:
+  config = ConfigDict()
+  config.seed = 0  # init, dropout and shuffling keys all derive from this
+  config.num_epochs = 10  # upper bound; early stopping may end sooner
+  config.batch_size = 128  # training batch; the last partial batch is kept (as Keras)
+  config.eval_batch_size = 1000  # evaluation batch; splits are padded and masked
+  # Convolution implementation: "auto" = im2col on CPU, XLA's conv elsewhere.
+  config.conv_impl = "auto"
+
+  config.data = data = ConfigDict()
+  data.source = "idx"  # "idx" (IDX files) or "tfds" (tfds.data_source, needs the tfds extra)
+  # IDX directory; None searches $FMNIST_DATA_DIR, the user cache, then
+  # /usr/share/datasets/fashion-mnist, and downloads if none has the files.
+  data.dir = config_dict.placeholder(str)
+  data.tfds_data_dir = config_dict.placeholder(str)  # tfds data_dir for source="tfds"
+  data.download = True  # allow downloading the official files when none are found
+  data.validation_size = 12_000  # study B: 80/20 of the 60,000 training images
+  data.validation_split = "random"  # "random" (seeded, study B) or "tail" (study A)
+  data.split_seed = 0  # fixed across model seeds, so every seed sees the same split
+  data.preprocessing = "scale01"  # "scale01", "raw" (0-255) or "standardize"
+
+  config.model = ConfigDict()  # {"name": one of fmnist_jax.models.MODELS, **its arguments}
+  config.model.name = "mlp"
+  config.model.hidden_sizes = (512,)
+
+  config.optimizer = opt = ConfigDict()
+  opt.name = "adam"  # "sgd", "adam" or "adamw"
+  opt.learning_rate = 1e-3  # peak learning rate
+  opt.momentum = 0.0  # sgd only
+  opt.nesterov = False  # sgd only
+  opt.b1 = 0.9  # adam/adamw
+  opt.b2 = 0.999  # adam/adamw
+  opt.eps = 1e-7  # Keras' Adam epsilon (optax's default is 1e-8)
+  opt.weight_decay = 0.0  # adamw: decoupled weight decay
+  opt.schedule = "constant"  # "constant", "cosine" or "warmup_cosine" (optax schedules)
+  opt.warmup_epochs = 0.0  # warmup_cosine only
+
+  config.early_stopping = es = ConfigDict()
+  es.enabled = False  # Keras EarlyStopping(monitor="val_loss") semantics
+  es.patience = 10  # epochs without improvement before stopping
+  es.min_delta = 0.0  # an improvement must lower val loss by more than this
+  es.restore_best = True  # restore_best_weights=True: final metrics use the best epoch
+
+  # Optional reconstruction pre-training of an autoencoder model before training on labels.
+  config.pretrain = pre = ConfigDict()
+  pre.num_epochs = 0  # 0 disables pre-training
+  pre.learning_rate = 1e-3  # Adam, with optimizer.eps
+  pre.loss = "mse"  # "mse" or "binary_crossentropy" between input and reconstruction
+
+  config.checkpoint = ckpt = ConfigDict()
+  ckpt.enabled = True  # orbax checkpoints in <workdir>/checkpoints (latest) and best/
+  ckpt.max_to_keep = 2  # latest checkpoints kept; the best is kept separately
+
+  return config

@@ -1,0 +1,137 @@
+"""A run's working directory: config, metrics, results and orbax checkpoints.
+
+The only module that imports orbax. Layout of a workdir:
+
+  config.json        the resolved config (a rerun with another config is refused)
+  metrics.jsonl      one JSON line per epoch (and per pre-training epoch)
+  results.json       final metrics of every split, per class included
+  checkpoints/<epoch>/   latest training state (params, optimizer, early stopping)
+  best/<epoch>/          params and batch statistics of the best validation epoch
+
+Two managers, so the "keep the best" policy can never delete the latest
+checkpoint that a resume needs (a known orbax pitfall with a single manager).
+"""
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from ml_collections import ConfigDict
+
+from fmnist_jax.errors import ConfigError, UserError
+
+# Config keys a resumed run may change: extending training is a normal resume.
+RESUMABLE_KEYS = ("num_epochs",)
+
+
+def _comparable(config_dict: dict) -> dict:
+  return {k: v for k, v in config_dict.items() if k not in RESUMABLE_KEYS}
+
+
+def _is_writer() -> bool:
+  return jax.process_index() == 0
+
+
+class RunDir:
+  """Owns one workdir: writes the config, appends metrics, saves and restores checkpoints."""
+
+  def __init__(
+    self,
+    workdir: pathlib.Path,
+    config: ConfigDict,
+    *,
+    checkpoints: bool = True,
+    max_to_keep: int = 2,
+  ):
+    self.path = pathlib.Path(workdir).absolute()
+    try:
+      self.path.mkdir(parents=True, exist_ok=True)
+      config_json = config.to_json_best_effort(indent=2, sort_keys=True)
+      config_path = self.path / "config.json"
+      if config_path.exists():
+        saved = json.loads(config_path.read_text())
+        if _comparable(saved) != _comparable(json.loads(config_json)):
+          changed = sorted(
+            k
+            for k in set(saved) | set(json.loads(config_json))
+            if saved.get(k) != json.loads(config_json).get(k)
+          )
+          raise ConfigError(
+            f"workdir {self.path} holds a run of a different config (differs in: "
+            f"{', '.join(changed)}); pass another --workdir, or delete that directory to "
+            f"start over"
+          )
+      if _is_writer():
+        config_path.write_text(config_json + "\n")
+    except OSError as error:
+      raise UserError(
+        f"cannot write to workdir {self.path}: {error.strerror}; pass a writable --workdir"
+      ) from None
+    self.metrics_path = self.path / "metrics.jsonl"
+    self._managers = None
+    if checkpoints:
+      options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+      best_options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+      self._managers = (
+        ocp.CheckpointManager(self.path / "checkpoints", options=options),
+        ocp.CheckpointManager(self.path / "best", options=best_options),
+      )
+
+  def restore_latest(self, abstract_payload: Any) -> tuple[int, Any] | None:
+    """(epoch, payload) of the latest checkpoint, or None; trims metrics after that epoch."""
+    epoch = self._managers[0].latest_step() if self._managers else None
+    self._trim_metrics(epoch or 0)
+    if epoch is None:
+      return None
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_payload)
+    payload = self._managers[0].restore(epoch, args=ocp.args.StandardRestore(target))
+    return epoch, payload
+
+  def _trim_metrics(self, last_epoch: int):
+    """Drops metric lines of epochs a resume will redo, so the history has no duplicates."""
+    if not (_is_writer() and self.metrics_path.exists()):
+      return
+    kept = [
+      line
+      for line in self.metrics_path.read_text().splitlines()
+      if line
+      and last_epoch > 0
+      and (json.loads(line).get("phase") == "pretrain" or json.loads(line)["epoch"] <= last_epoch)
+    ]
+    self.metrics_path.write_text("".join(line + "\n" for line in kept))
+
+  def log_metrics(self, record: dict):
+    if _is_writer():
+      with self.metrics_path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+  def read_metrics(self) -> list[dict]:
+    if not self.metrics_path.exists():
+      return []
+    return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+
+  def save(self, epoch: int, payload: Any, *, best: bool):
+    if not self._managers:
+      return
+    latest, best_manager = self._managers
+    latest.save(epoch, args=ocp.args.StandardSave(payload))
+    if best:
+      state = payload["state"]
+      best_manager.save(
+        epoch,
+        args=ocp.args.StandardSave({"params": state.params, "model_state": state.model_state}),
+      )
+
+  def write_results(self, results: dict):
+    if _is_writer():
+      (self.path / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+  def wait(self):
+    for manager in self._managers or ():
+      manager.wait_until_finished()
+
+  def close(self):
+    for manager in self._managers or ():
+      manager.close()

@@ -1,0 +1,60 @@
+"""Command-line plumbing shared by launch.py and the benchmarks: one-line flag errors.
+
+absl and ml_collections report a missing config file, a file without
+`get_config`, an unknown `--config.KEY` or a badly typed value as tracebacks or
+FATAL lines. `parse_flags` (for `app.run(main, flags_parser=parse_flags)`)
+turns each into one `error:` line naming the problem and the fix, exit status 2.
+"""
+
+import pathlib
+import sys
+
+from absl import flags
+
+EXIT_USER_ERROR = 2
+CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+
+
+def fail(message: str):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(EXIT_USER_ERROR)
+
+
+def _config_path(argv) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1].split(":", 1)[0]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1].split(":", 1)[0]
+  return None
+
+
+def _available_configs() -> str:
+  names = sorted(p.name for p in CONFIGS_DIR.glob("*.py") if not p.name.startswith("_"))
+  return ", ".join(f"configs/{n}" for n in names)
+
+
+def parse_flags(argv):
+  """FLAGS(argv), with user mistakes reported in one line (a traceback with --debug)."""
+  if "--debug" in argv:
+    return flags.FLAGS(argv)
+  path = _config_path(argv)
+  if path is not None and not pathlib.Path(path).is_file():
+    fail(f"config file {path} not found; choose one of: {_available_configs()}")
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    fail(f"{error}; see --help for the flags")
+  except AttributeError as error:
+    text = str(error).strip("'\"").replace("\\n", " ").replace("\\'", "'")
+    if "get_config" in text:
+      fail(
+        f"config file {path} does not define get_config(); a config file defines "
+        f"get_config() returning an ml_collections.ConfigDict (see configs/cnn.py)"
+      )
+    keys = [arg.split("=", 1)[0] for arg in argv if arg.startswith("--config.")]
+    fail(f"unknown config key in {' '.join(keys)} ({text}); configs/base.py lists every key")
+  except (KeyError, TypeError, ValueError) as error:
+    fail(f"bad config override: {error}; configs/base.py lists every key and its type")
+  except (OSError, SyntaxError, ImportError, NameError) as error:
+    fail(f"config file {path} failed to load: {type(error).__name__}: {error}")

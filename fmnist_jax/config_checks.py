@@ -1,0 +1,126 @@
+"""Config validation before anything compiles: each error names the key, the value and the fix.
+
+Unknown keys are refused earlier, by the locked ConfigDict (`launch.py`); this
+module checks values: ranges, names and combinations.
+"""
+
+import math
+
+from ml_collections import ConfigDict
+
+from fmnist_jax import layers, models
+from fmnist_jax.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
+PREPROCESSING = ("scale01", "raw", "standardize")
+PRETRAIN_LOSSES = ("mse", "binary_crossentropy")
+VALIDATION_SPLITS = ("tail", "random")
+DATA_SOURCES = ("idx", "tfds")
+
+
+def _fail(key: str, value, fix: str):
+  raise ConfigError(f"config.{key}={value!r}: {fix}")
+
+
+def _positive_int(config: ConfigDict, key: str):
+  value = _get(config, key)
+  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    _fail(key, value, "must be a positive integer")
+
+
+def _in_range(
+  config: ConfigDict, key: str, low: float, high: float, *, low_open=False, high_open=True
+):
+  value = _get(config, key)
+  too_low = value <= low if low_open else value < low
+  too_high = value >= high if high_open else value > high
+  if not isinstance(value, int | float) or not math.isfinite(value) or too_low or too_high:
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    _fail(key, value, f"must be a number in {interval}")
+
+
+def _one_of(config: ConfigDict, key: str, choices):
+  value = _get(config, key)
+  if value not in choices:
+    _fail(key, value, f"choose one of {list(choices)}")
+
+
+def _get(config: ConfigDict, dotted: str):
+  for part in dotted.split("."):
+    config = config[part]
+  return config
+
+
+def check(config: ConfigDict, *, num_train: int | None = None, has_validation: bool = True):
+  """Raises ConfigError for the first impossible value; `num_train` enables size checks."""
+  for key in ("num_epochs", "batch_size", "eval_batch_size", "checkpoint.max_to_keep"):
+    _positive_int(config, key)
+  if num_train is not None and config.batch_size > num_train:
+    _fail(
+      "batch_size",
+      config.batch_size,
+      f"larger than the training split ({num_train} examples); lower it",
+    )
+  if not isinstance(config.seed, int):
+    _fail("seed", config.seed, "must be an integer")
+  _one_of(config, "conv_impl", layers.CONV_IMPLS)
+
+  _one_of(config, "data.source", DATA_SOURCES)
+  _one_of(config, "data.validation_split", VALIDATION_SPLITS)
+  _one_of(config, "data.preprocessing", PREPROCESSING)
+
+  _one_of(config, "model.name", sorted(models.MODELS))
+  for key in ("activation", "head_activation", "autoencoder_activation"):
+    if key in config.model:
+      _one_of(config, f"model.{key}", sorted(layers.ACTIVATIONS))
+  for key in ("dropout_rates", "conv_dropout_rates", "dense_dropout_rates", "head_dropout_rates"):
+    rates = config.model.get(key, 0.0)
+    for rate in rates if isinstance(rates, list | tuple) else (rates,):
+      if not isinstance(rate, int | float) or not 0.0 <= rate < 1.0:
+        _fail(f"model.{key}", rates, "dropout rates must be in [0, 1)")
+
+  _one_of(config, "optimizer.name", OPTIMIZERS)
+  _one_of(config, "optimizer.schedule", SCHEDULES)
+  _in_range(config, "optimizer.learning_rate", 0.0, 10.0, low_open=True, high_open=False)
+  _in_range(config, "optimizer.momentum", 0.0, 1.0)
+  _in_range(config, "optimizer.b1", 0.0, 1.0)
+  _in_range(config, "optimizer.b2", 0.0, 1.0)
+  _in_range(config, "optimizer.eps", 0.0, 1.0, low_open=True)
+  _in_range(config, "optimizer.weight_decay", 0.0, 1.0)
+  _in_range(config, "optimizer.warmup_epochs", 0.0, config.num_epochs)
+  if config.optimizer.weight_decay and config.optimizer.name != "adamw":
+    _fail(
+      "optimizer.weight_decay",
+      config.optimizer.weight_decay,
+      "only optimizer.name='adamw' applies weight decay; set it to 0 or use adamw",
+    )
+
+  es = config.early_stopping
+  if es.enabled:
+    _positive_int(config, "early_stopping.patience")
+    _in_range(config, "early_stopping.min_delta", 0.0, math.inf)
+    if not has_validation:
+      _fail(
+        "early_stopping.enabled",
+        True,
+        "needs a validation split; set data.validation_size > 0 or disable it",
+      )
+
+  pre = config.pretrain
+  if pre.num_epochs:
+    _positive_int(config, "pretrain.num_epochs")
+    if config.model.name != "autoencoder":
+      _fail(
+        "pretrain.num_epochs",
+        pre.num_epochs,
+        "pre-training needs model.name='autoencoder'; set it to 0",
+      )
+    if config.data.preprocessing != "scale01":
+      _fail(
+        "data.preprocessing",
+        config.data.preprocessing,
+        "reconstruction pre-training targets [0, 1] images; use 'scale01'",
+      )
+    _one_of(config, "pretrain.loss", PRETRAIN_LOSSES)
+    _in_range(config, "pretrain.learning_rate", 0.0, 10.0, low_open=True, high_open=False)

@@ -1,0 +1,188 @@
+"""Layers shared by the models: convolutions with a CPU-fast path, pooling, init.
+
+XLA:CPU runs a convolution inside a `lax.scan` body very slowly (~60 images/s
+for a small CNN, jax-ml/jax#12868), while the same convolution written as
+im2col (the kh*kw shifted slices of the padded input concatenated on channels,
+then one matmul) runs ~25x faster. `Conv` and `ConvTranspose` therefore keep
+the parameters of `nnx.Conv` / `nnx.ConvTranspose` unchanged and pick the
+computation by `impl`: "xla" (the library call, best on GPU/TPU), "im2col"
+(best on CPU) or "auto" (by the default backend at trace time).
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from fmnist_jax.errors import ConfigError
+
+CONV_IMPLS = ("auto", "xla", "im2col")
+
+# Keras' defaults, used by every model so configs reproducing Keras rows match:
+# glorot-uniform kernels, zero biases, BatchNormalization(momentum=0.99, epsilon=1e-3).
+KERNEL_INIT = nnx.initializers.glorot_uniform()
+BIAS_INIT = nnx.initializers.zeros_init()
+BATCH_NORM_MOMENTUM = 0.99
+BATCH_NORM_EPSILON = 1e-3
+
+ACTIVATIONS = {
+  "relu": jax.nn.relu,
+  "selu": jax.nn.selu,
+  "elu": jax.nn.elu,
+  "gelu": jax.nn.gelu,
+  "tanh": jnp.tanh,
+  "sigmoid": jax.nn.sigmoid,
+  "swish": jax.nn.swish,
+  "leaky_relu": jax.nn.leaky_relu,
+  "linear": lambda x: x,
+}
+
+
+def activation(name: str):
+  """Returns the activation function called `name`, or a ConfigError listing the choices."""
+  try:
+    return ACTIVATIONS[name]
+  except KeyError:
+    raise ConfigError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}") from None
+
+
+def resolve_conv_impl(impl: str) -> str:
+  """Maps "auto" to "im2col" on CPU and "xla" elsewhere; validates the name."""
+  if impl not in CONV_IMPLS:
+    raise ConfigError(f"unknown conv_impl {impl!r}; choose one of {list(CONV_IMPLS)}")
+  if impl == "auto":
+    return "im2col" if jax.default_backend() == "cpu" else "xla"
+  return impl
+
+
+def _same_padding(kernel_size: int) -> tuple[int, int]:
+  # Matches XLA/Keras "SAME" for stride 1: the extra row goes after.
+  total = kernel_size - 1
+  return total // 2, total - total // 2
+
+
+def _im2col_conv(x_BxHxWxC, kernel_KhxKwxCxF, padding):
+  """Stride-1 convolution as one matmul over the kh*kw shifted input slices."""
+  kh, kw, _, features = kernel_KhxKwxCxF.shape
+  if padding == "SAME":
+    x_BxHxWxC = jnp.pad(x_BxHxWxC, ((0, 0), _same_padding(kh), _same_padding(kw), (0, 0)))
+  elif padding != "VALID":  # explicit ((lo, hi), (lo, hi)) pairs
+    x_BxHxWxC = jnp.pad(x_BxHxWxC, ((0, 0), *padding, (0, 0)))
+  _, height, width, _ = x_BxHxWxC.shape
+  out_h, out_w = height - kh + 1, width - kw + 1
+  # Slice order (i, j) outer and channels inner matches the HWIO kernel's reshape.
+  patches = jnp.concatenate(
+    [x_BxHxWxC[:, i : i + out_h, j : j + out_w, :] for i in range(kh) for j in range(kw)],
+    axis=-1,
+  )
+  return patches @ kernel_KhxKwxCxF.reshape(-1, features)
+
+
+class Conv(nnx.Conv):
+  """`nnx.Conv` with an im2col path for stride-1, undilated, ungrouped convolutions."""
+
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: Sequence[int] = (3, 3),
+    *,
+    padding: str = "SAME",
+    impl: str = "auto",
+    rngs: nnx.Rngs,
+    **kwargs,
+  ):
+    kwargs.setdefault("kernel_init", KERNEL_INIT)
+    kwargs.setdefault("bias_init", BIAS_INIT)
+    super().__init__(
+      in_features, out_features, tuple(kernel_size), padding=padding, rngs=rngs, **kwargs
+    )
+    resolve_conv_impl(impl)  # fail early on a bad name
+    self.impl = impl
+
+  def __call__(self, x):
+    if resolve_conv_impl(self.impl) == "xla":
+      return super().__call__(x)
+    y = _im2col_conv(x, self.kernel[...], self.padding)
+    return y + self.bias[...] if self.bias is not None else y
+
+
+def _transpose_padding(kernel_size: int, stride: int, padding: str) -> tuple[int, int]:
+  # The padding lax.conv_transpose applies to the dilated input (jax/_src/lax/convolution.py).
+  if padding == "SAME":
+    total = kernel_size + stride - 2
+    before = kernel_size - 1 if stride > kernel_size - 1 else -(-total // 2)
+  elif padding == "VALID":
+    total = kernel_size + stride - 2 + max(kernel_size - stride, 0)
+    before = kernel_size - 1
+  else:
+    raise ConfigError(f"ConvTranspose padding must be 'SAME' or 'VALID', got {padding!r}")
+  return before, total - before
+
+
+class ConvTranspose(nnx.ConvTranspose):
+  """`nnx.ConvTranspose` with an im2col path: dilate the input with zeros, then convolve."""
+
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: Sequence[int] = (3, 3),
+    *,
+    strides: Sequence[int] = (2, 2),
+    padding: str = "SAME",
+    impl: str = "auto",
+    rngs: nnx.Rngs,
+    **kwargs,
+  ):
+    kwargs.setdefault("kernel_init", KERNEL_INIT)
+    kwargs.setdefault("bias_init", BIAS_INIT)
+    super().__init__(
+      in_features,
+      out_features,
+      tuple(kernel_size),
+      strides=tuple(strides),
+      padding=padding,
+      rngs=rngs,
+      **kwargs,
+    )
+    resolve_conv_impl(impl)
+    self.impl = impl
+
+  def __call__(self, x_BxHxWxC):
+    if resolve_conv_impl(self.impl) == "xla":
+      return super().__call__(x_BxHxWxC)
+    kernel = self.kernel[...]
+    (sh, sw), (kh, kw) = self.strides, kernel.shape[:2]
+    batch, height, width, channels = x_BxHxWxC.shape
+    dilated = (
+      jnp.zeros((batch, (height - 1) * sh + 1, (width - 1) * sw + 1, channels), x_BxHxWxC.dtype)
+      .at[:, ::sh, ::sw, :]
+      .set(x_BxHxWxC)
+    )
+    padding = (_transpose_padding(kh, sh, self.padding), _transpose_padding(kw, sw, self.padding))
+    y = _im2col_conv(dilated, kernel, padding)
+    return y + self.bias[...] if self.bias is not None else y
+
+
+def max_pool(x_BxHxWxC, window: int = 2):
+  """Non-overlapping max pooling as reshape + max ("VALID": a ragged edge is dropped, as Keras)."""
+  batch, height, width, channels = x_BxHxWxC.shape
+  out_h, out_w = height // window, width // window
+  x = x_BxHxWxC[:, : out_h * window, : out_w * window, :]
+  return x.reshape(batch, out_h, window, out_w, window, channels).max(axis=(2, 4))
+
+
+def dense(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:
+  """A Keras-initialised dense layer."""
+  return nnx.Linear(
+    in_features, out_features, kernel_init=KERNEL_INIT, bias_init=BIAS_INIT, rngs=rngs
+  )
+
+
+def batch_norm(features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
+  """A BatchNorm with Keras' momentum and epsilon."""
+  return nnx.BatchNorm(
+    features, momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON, rngs=rngs
+  )

@@ -1,0 +1,444 @@
+"""The model families of both studies, as Flax NNX modules, and their registry.
+
+Every model maps float images `[B, 28, 28]` to logits `[B, NUM_CLASSES]` and
+takes `rngs` (an `nnx.Rngs` with a `dropout` stream) only for dropout in
+training mode; train/eval behaviour is switched with `.train()` / `.eval()`.
+Kernels are glorot-uniform and biases zero (Keras' defaults, see `layers`).
+
+  MLP                  A1, B1, B2: dense layers, optional dropout and batch norm.
+  VGG                  A2: the intended conv stack (each conv feeds the next).
+  AutoencoderClassifier A3/A4: ConvAutoencoder (encoder, decoder) + MLP head.
+  CNN                  B4: conv -> pool stages, then dense layers.
+  ResidualCNN          B5: stages of two convolutions with a residual connection.
+"""
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import jax
+from flax import nnx
+from ml_collections import ConfigDict
+
+from fmnist_jax import layers
+from fmnist_jax.data import IMAGE_SHAPE, NUM_CLASSES
+from fmnist_jax.errors import ConfigError
+
+IMAGE_PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+
+
+def _per_layer(value, count: int, name: str) -> tuple:
+  """Broadcasts a scalar setting to `count` layers, or checks a sequence's length."""
+  if isinstance(value, Sequence) and not isinstance(value, str):
+    if len(value) != count:
+      raise ConfigError(
+        f"model.{name} has {len(value)} entries for {count} layers; give one value or {count}"
+      )
+    return tuple(value)
+  return (value,) * count
+
+
+def _add_channel(images_BxHxW):
+  return images_BxHxW[..., None] if images_BxHxW.ndim == 3 else images_BxHxW
+
+
+class MLP(nnx.Module):
+  """Dense -> [BatchNorm] -> activation -> [Dropout] per hidden layer, then a linear head."""
+
+  def __init__(
+    self,
+    hidden_sizes: Sequence[int],
+    *,
+    activation: str = "relu",
+    dropout_rates: float | Sequence[float] = 0.0,
+    batch_norm: bool = False,
+    in_features: int = IMAGE_PIXELS,
+    num_classes: int = NUM_CLASSES,
+    rngs: nnx.Rngs,
+  ):
+    self.activation = layers.activation(activation)
+    rates = _per_layer(dropout_rates, len(hidden_sizes), "dropout_rates")
+    sizes = [in_features, *hidden_sizes]
+    self.hidden = nnx.List([layers.dense(a, b, rngs=rngs) for a, b in itertools.pairwise(sizes)])
+    self.norms = nnx.List(
+      [layers.batch_norm(n, rngs=rngs) for n in hidden_sizes] if batch_norm else []
+    )
+    self.dropouts = nnx.List([nnx.Dropout(rate) for rate in rates])
+    self.output = layers.dense(sizes[-1], num_classes, rngs=rngs)
+
+  def __call__(self, x, *, rngs: nnx.Rngs | None = None):
+    x = x.reshape(x.shape[0], -1)
+    for i, layer in enumerate(self.hidden):
+      x = layer(x)
+      if self.norms:
+        x = self.norms[i](x)
+      x = self.dropouts[i](self.activation(x), rngs=rngs)
+    return self.output(x)
+
+
+class VGG(nnx.Module):
+  """Study A2: blocks of 3x3 SAME convolutions, each block followed by 2x2 max pooling.
+
+  The study's listing applied its second 64-filter convolution to the input, so
+  the first convolution was dead; this is the intended stack, each layer
+  feeding the next.
+  """
+
+  def __init__(
+    self,
+    blocks: Sequence[Sequence[int]] = ((64, 64), (128, 128), (256, 256)),
+    dense_sizes: Sequence[int] = (500, 250),
+    *,
+    activation: str = "relu",
+    conv_impl: str = "auto",
+    num_classes: int = NUM_CLASSES,
+    rngs: nnx.Rngs,
+  ):
+    self.activation = layers.activation(activation)
+    convs, channels, side = [], 1, IMAGE_SHAPE[0]
+    for block in blocks:
+      for features in block:
+        convs.append(layers.Conv(channels, features, impl=conv_impl, rngs=rngs))
+        channels = features
+      side //= 2
+    self.block_sizes = tuple(len(block) for block in blocks)
+    self.convs = nnx.List(convs)
+    self.head = MLP(
+      dense_sizes,
+      activation=activation,
+      in_features=side * side * channels,
+      num_classes=num_classes,
+      rngs=rngs,
+    )
+
+  def __call__(self, x, *, rngs: nnx.Rngs | None = None):
+    x, convs = _add_channel(x), iter(self.convs)
+    for block_size in self.block_sizes:
+      for _ in range(block_size):
+        x = self.activation(next(convs)(x))
+      x = layers.max_pool(x)
+    return self.head(x, rngs=rngs)
+
+
+class ConvEncoder(nnx.Module):
+  """Study A3's encoder: (3x3 SAME conv -> 2x2 max pool) per width; 28x28 -> 3x3x64."""
+
+  def __init__(
+    self,
+    features: Sequence[int] = (16, 32, 64),
+    *,
+    activation: str = "selu",
+    conv_impl: str = "auto",
+    rngs: nnx.Rngs,
+  ):
+    self.activation = layers.activation(activation)
+    channels = [1, *features]
+    self.convs = nnx.List(
+      [layers.Conv(a, b, impl=conv_impl, rngs=rngs) for a, b in itertools.pairwise(channels)]
+    )
+
+  def __call__(self, x):
+    for conv in self.convs:
+      x = layers.max_pool(self.activation(conv(x)))
+    return x
+
+
+class ConvDecoder(nnx.Module):
+  """Study A3's decoder: stride-2 3x3 transposed convolutions, 3x3x64 -> 28x28x1.
+
+  The first is VALID (3 -> 7), the others SAME (7 -> 14 -> 28); the last has a
+  sigmoid so the reconstruction lives in [0, 1] like the scaled input.
+  """
+
+  def __init__(
+    self,
+    features: Sequence[int] = (32, 16, 1),
+    paddings: Sequence[str] = ("VALID", "SAME", "SAME"),
+    in_features: int = 64,
+    *,
+    activation: str = "selu",
+    output_activation: str = "sigmoid",
+    conv_impl: str = "auto",
+    rngs: nnx.Rngs,
+  ):
+    self.activation = layers.activation(activation)
+    self.output_activation = layers.activation(output_activation)
+    channels = [in_features, *features]
+    paddings = _per_layer(paddings, len(features), "decoder_paddings")
+    self.deconvs = nnx.List(
+      [
+        layers.ConvTranspose(a, b, padding=p, impl=conv_impl, rngs=rngs)
+        for (a, b), p in zip(itertools.pairwise(channels), paddings, strict=True)
+      ]
+    )
+
+  def __call__(self, code):
+    x = code
+    for deconv in self.deconvs[:-1]:
+      x = self.activation(deconv(x))
+    return self.output_activation(self.deconvs[-1](x))
+
+
+class ConvAutoencoder(nnx.Module):
+  """Encoder + decoder; `__call__` reconstructs `[B, 28, 28]` images."""
+
+  def __init__(self, encoder: ConvEncoder, decoder: ConvDecoder):
+    self.encoder = encoder
+    self.decoder = decoder
+
+  def __call__(self, x):
+    return self.decoder(self.encoder(_add_channel(x)))[..., 0]
+
+
+class AutoencoderClassifier(nnx.Module):
+  """Study A3: the reconstruction (28x28) is flattened into an MLP head.
+
+  313,139 parameters: encoder 23,296 + decoder 23,233 + head 266,610. The
+  autoencoder can be pre-trained alone on reconstruction (`reconstruct`).
+  """
+
+  def __init__(
+    self,
+    encoder_features: Sequence[int] = (16, 32, 64),
+    decoder_features: Sequence[int] = (32, 16, 1),
+    decoder_paddings: Sequence[str] = ("VALID", "SAME", "SAME"),
+    head_sizes: Sequence[int] = (300, 100),
+    *,
+    autoencoder_activation: str = "selu",
+    head_activation: str = "relu",
+    head_dropout_rates: float | Sequence[float] = 0.0,
+    conv_impl: str = "auto",
+    num_classes: int = NUM_CLASSES,
+    rngs: nnx.Rngs,
+  ):
+    encoder = ConvEncoder(
+      encoder_features, activation=autoencoder_activation, conv_impl=conv_impl, rngs=rngs
+    )
+    decoder = ConvDecoder(
+      decoder_features,
+      decoder_paddings,
+      in_features=encoder_features[-1],
+      activation=autoencoder_activation,
+      conv_impl=conv_impl,
+      rngs=rngs,
+    )
+    self.autoencoder = ConvAutoencoder(encoder, decoder)
+    self.head = MLP(
+      head_sizes,
+      activation=head_activation,
+      dropout_rates=head_dropout_rates,
+      num_classes=num_classes,
+      rngs=rngs,
+    )
+
+  def reconstruct(self, x):
+    return self.autoencoder(x)
+
+  def __call__(self, x, *, rngs: nnx.Rngs | None = None):
+    return self.head(self.autoencoder(x), rngs=rngs)
+
+
+class ConvStage(nnx.Module):
+  """conv -> [BatchNorm] -> activation, then [2x2 max pool] -> [Dropout]."""
+
+  def __init__(
+    self,
+    in_features: int,
+    features: int,
+    *,
+    kernel_size: int,
+    activation: str,
+    batch_norm: bool,
+    pool: bool,
+    dropout_rate: float,
+    conv_impl: str,
+    rngs: nnx.Rngs,
+  ):
+    self.conv = layers.Conv(
+      in_features, features, (kernel_size, kernel_size), impl=conv_impl, rngs=rngs
+    )
+    self.norm = layers.batch_norm(features, rngs=rngs) if batch_norm else None
+    self.activation = layers.activation(activation)
+    self.pool = pool
+    self.dropout = nnx.Dropout(dropout_rate)
+
+  def __call__(self, x, *, rngs: nnx.Rngs | None = None):
+    x = self.conv(x)
+    if self.norm is not None:
+      x = self.norm(x)
+    x = self.activation(x)
+    if self.pool:
+      x = layers.max_pool(x)
+    return self.dropout(x, rngs=rngs)
+
+
+class CNN(nnx.Module):
+  """Study B4: one ConvStage per entry of `conv_features`, then an MLP head."""
+
+  def __init__(
+    self,
+    conv_features: Sequence[int] = (32, 64, 128),
+    dense_sizes: Sequence[int] = (128,),
+    *,
+    kernel_size: int = 3,
+    activation: str = "relu",
+    batch_norm: bool = False,
+    pool: bool | Sequence[bool] = True,
+    conv_dropout_rates: float | Sequence[float] = 0.0,
+    dense_dropout_rates: float | Sequence[float] = 0.0,
+    conv_impl: str = "auto",
+    num_classes: int = NUM_CLASSES,
+    rngs: nnx.Rngs,
+  ):
+    pools = _per_layer(pool, len(conv_features), "pool")
+    rates = _per_layer(conv_dropout_rates, len(conv_features), "conv_dropout_rates")
+    stages, channels, side = [], 1, IMAGE_SHAPE[0]
+    for features, pool_here, rate in zip(conv_features, pools, rates, strict=True):
+      stages.append(
+        ConvStage(
+          channels,
+          features,
+          kernel_size=kernel_size,
+          activation=activation,
+          batch_norm=batch_norm,
+          pool=pool_here,
+          dropout_rate=rate,
+          conv_impl=conv_impl,
+          rngs=rngs,
+        )
+      )
+      channels, side = features, side // 2 if pool_here else side
+    self.stages = nnx.List(stages)
+    self.head = MLP(
+      dense_sizes,
+      activation=activation,
+      dropout_rates=dense_dropout_rates,
+      in_features=side * side * channels,
+      num_classes=num_classes,
+      rngs=rngs,
+    )
+
+  def __call__(self, x, *, rngs: nnx.Rngs | None = None):
+    x = _add_channel(x)
+    for stage in self.stages:
+      x = stage(x, rngs=rngs)
+    return self.head(x, rngs=rngs)
+
+
+class ResidualBlock(nnx.Module):
+  """Two 3x3 convolutions with a skip: act(x' + bn(conv(act(bn(conv(x)))))).
+
+  x' is x, or a 1x1 projection of it when the width changes (as in ResNet v1).
+  """
+
+  def __init__(
+    self,
+    in_features: int,
+    features: int,
+    *,
+    kernel_size: int = 3,
+    activation: str = "relu",
+    batch_norm: bool = True,
+    conv_impl: str = "auto",
+    rngs: nnx.Rngs,
+  ):
+    size = (kernel_size, kernel_size)
+    self.conv1 = layers.Conv(in_features, features, size, impl=conv_impl, rngs=rngs)
+    self.conv2 = layers.Conv(features, features, size, impl=conv_impl, rngs=rngs)
+    self.norm1 = layers.batch_norm(features, rngs=rngs) if batch_norm else None
+    self.norm2 = layers.batch_norm(features, rngs=rngs) if batch_norm else None
+    self.projection = (
+      layers.Conv(in_features, features, (1, 1), impl=conv_impl, rngs=rngs)
+      if in_features != features
+      else None
+    )
+    self.activation = layers.activation(activation)
+
+  def __call__(self, x):
+    y = self.conv1(x)
+    y = self.activation(self.norm1(y) if self.norm1 is not None else y)
+    y = self.conv2(y)
+    y = self.norm2(y) if self.norm2 is not None else y
+    skip = self.projection(x) if self.projection is not None else x
+    return self.activation(skip + y)
+
+
+class ResidualCNN(nnx.Module):
+  """Study B5: stacked residual blocks (two convs each), a 2x2 max pool after each."""
+
+  def __init__(
+    self,
+    stage_features: Sequence[int] = (32, 64, 128),
+    dense_sizes: Sequence[int] = (128,),
+    *,
+    kernel_size: int = 3,
+    activation: str = "relu",
+    batch_norm: bool = True,
+    dropout_rates: float | Sequence[float] = 0.0,
+    dense_dropout_rates: float | Sequence[float] = 0.0,
+    conv_impl: str = "auto",
+    num_classes: int = NUM_CLASSES,
+    rngs: nnx.Rngs,
+  ):
+    rates = _per_layer(dropout_rates, len(stage_features), "dropout_rates")
+    blocks, channels, side = [], 1, IMAGE_SHAPE[0]
+    for features in stage_features:
+      blocks.append(
+        ResidualBlock(
+          channels,
+          features,
+          kernel_size=kernel_size,
+          activation=activation,
+          batch_norm=batch_norm,
+          conv_impl=conv_impl,
+          rngs=rngs,
+        )
+      )
+      channels, side = features, side // 2
+    self.blocks = nnx.List(blocks)
+    self.dropouts = nnx.List([nnx.Dropout(rate) for rate in rates])
+    self.head = MLP(
+      dense_sizes,
+      activation=activation,
+      dropout_rates=dense_dropout_rates,
+      in_features=side * side * channels,
+      num_classes=num_classes,
+      rngs=rngs,
+    )
+
+  def __call__(self, x, *, rngs: nnx.Rngs | None = None):
+    x = _add_channel(x)
+    for block, dropout in zip(self.blocks, self.dropouts, strict=True):
+      x = dropout(layers.max_pool(block(x)), rngs=rngs)
+    return self.head(x, rngs=rngs)
+
+
+MODELS = {
+  "mlp": MLP,
+  "vgg": VGG,
+  "autoencoder": AutoencoderClassifier,
+  "cnn": CNN,
+  "resnet": ResidualCNN,
+}
+CONV_MODELS = ("vgg", "autoencoder", "cnn", "resnet")
+
+
+def build(model_config: ConfigDict, *, conv_impl: str = "auto", rngs: nnx.Rngs) -> nnx.Module:
+  """Builds `MODELS[model_config.name]` from the rest of `model_config`'s fields."""
+  kwargs = model_config.to_dict()
+  name = kwargs.pop("name", None)
+  if name not in MODELS:
+    raise ConfigError(f"unknown model.name {name!r}; choose one of {sorted(MODELS)}")
+  if name in CONV_MODELS:
+    kwargs["conv_impl"] = conv_impl
+  try:
+    return MODELS[name](**kwargs, rngs=rngs)
+  except TypeError as error:  # an argument the constructor does not take
+    raise ConfigError(
+      f"model {name!r}: {error}; see fmnist_jax/models.py {MODELS[name].__name__} for its arguments"
+    ) from None
+
+
+def count_params(module: nnx.Module) -> int:
+  """Number of trainable parameters (batch-norm statistics excluded)."""
+  return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(module, nnx.Param)))

@@ -1,0 +1,91 @@
+"""Shared fixtures: the real Fashion-MNIST directory and tiny synthetic IDX files."""
+
+import gzip
+import hashlib
+import os
+import pathlib
+import struct
+
+import numpy as np
+import pytest
+
+from fmnist_jax import data
+from fmnist_jax.errors import DataError
+
+# Tiny synthetic sets: big enough for splits, small enough to write in milliseconds.
+SYNTHETIC_NUM_TRAIN = 50
+SYNTHETIC_NUM_TEST = 20
+_IMAGES_MAGIC = 0x00000803
+_LABELS_MAGIC = 0x00000801
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> pathlib.Path:
+  """The directory with the real dataset; skips without it, but fails if $CI is set.
+
+  Looks where `data.find_data_dir(None)` does: $FMNIST_DATA_DIR, the user cache,
+  then the system dir (`apt-get install dataset-fashion-mnist`).
+  """
+  try:
+    return data.find_data_dir(None)
+  except DataError as e:
+    reason = f"real Fashion-MNIST not found: {e}"
+  if os.environ.get("CI"):
+    pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
+  pytest.skip(reason)
+
+
+def _idx_bytes(array: np.ndarray, magic: int) -> bytes:
+  """Encodes an array as an IDX file, written independently of fmnist_jax.data."""
+  header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
+  return header + np.ascontiguousarray(array, np.uint8).tobytes()
+
+
+def _write_idx(path: pathlib.Path, content: bytes) -> None:
+  """Writes IDX content, gzipped if the name ends in .gz."""
+  path.write_bytes(gzip.compress(content) if path.suffix == ".gz" else content)
+
+
+@pytest.fixture
+def synthetic_fmnist(monkeypatch):
+  """Returns write(directory, ...) -> (train, test) that writes tiny random IDX files.
+
+  write(directory, num_train=50, num_test=20, seed=0, compress=True,
+  as_standard=False): `compress` writes .gz files; `as_standard` makes
+  fmnist_jax.data accept these files as the official set (their SHA-256 and
+  counts), so checksum-verifying paths such as `data.load` run on them.
+  """
+
+  def write(
+    directory,
+    *,
+    num_train=SYNTHETIC_NUM_TRAIN,
+    num_test=SYNTHETIC_NUM_TEST,
+    seed=0,
+    compress=True,
+    as_standard=False,
+  ):
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for split_name, count in (("train", num_train), ("test", num_test)):
+      images = rng.integers(0, 256, (count, *data.IMAGE_SHAPE), dtype=np.uint8)
+      # Every class present, in random order.
+      labels = rng.permutation(np.arange(count) % data.NUM_CLASSES).astype(np.int32)
+      images_name, labels_name = data.FILE_NAMES[split_name]
+      suffix = ".gz" if compress else ""
+      for name, array, magic in (
+        (images_name, images, _IMAGES_MAGIC),
+        (labels_name, labels, _LABELS_MAGIC),
+      ):
+        content = _idx_bytes(array, magic)
+        _write_idx(directory / (name + suffix), content)
+        if as_standard:
+          monkeypatch.setitem(data._SHA256, name, hashlib.sha256(content).hexdigest())
+      if as_standard:
+        monkeypatch.setitem(data._STANDARD_COUNTS, split_name, count)
+      splits[split_name] = data.Split(images=images, labels=labels)
+    return splits["train"], splits["test"]
+
+  return write

@@ -1,0 +1,74 @@
+"""launch.py as a user runs it: one command trains; every mistake is one clear line."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def launch(*args, workdir):
+  return subprocess.run(
+    [sys.executable, "launch.py", *args, f"--workdir={workdir}", "--noprogress"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+
+
+def test_one_command_trains_evaluates_and_checkpoints(real_data_dir, tmp_path):
+  result = launch("--config=configs/mlp_baseline.py", "--config.num_epochs=1", workdir=tmp_path)
+  assert result.returncode == 0, result.stderr
+  assert "train " in result.stdout and "test " in result.stdout and "Ankle boot" in result.stdout
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["num_params"] == 266_610
+  assert results["metrics"]["test"]["accuracy"] > 0.7
+  assert len(results["metrics"]["test"]["f1"]) == 10
+  assert json.loads((tmp_path / "config.json").read_text())["optimizer"]["momentum"] == 0.9
+  assert (tmp_path / "checkpoints" / "1").is_dir() and any((tmp_path / "best").iterdir())
+
+
+@pytest.mark.parametrize(
+  "args,message",
+  [
+    (["--config=configs/nope.py"], "config file configs/nope.py not found; choose one of"),
+    (
+      ["--config=configs/cnn.py", "--config.optimizer.learnin_rate=1"],
+      'unknown config key.*Did you mean "learning_rate"',
+    ),
+    (["--config=configs/cnn.py", "--config.batch_size=abc"], "--config.batch_size=abc"),
+    (
+      ["--config=configs/cnn.py", "--config.optimizer.learning_rate=-1"],
+      r"config.optimizer.learning_rate=-1.0: must be a number in \(0.0, 10.0\]",
+    ),
+    (["--config=configs/cnn.py", "--config.batch_size=0"], "batch_size=0: must be a positive"),
+    (["--config=configs/cnn.py", "--config.optimizer.name=rmsprop"], "choose one of"),
+    (["--config=configs/cnn.py", "--config.model.activation=relux"], "model.activation"),
+    (["--config=configs/cnn.py", "--config.model.dense_dropout_rates=1.5"], r"\[0, 1\)"),
+    (["--config=configs/cnn.py", "--config.data.validation_split=head"], "validation_split"),
+    (["--config=configs/cnn.py", "--config.data.preprocessing=zscore"], "preprocessing"),
+    (["--config=configs/cnn.py", "--config.data.dir=/nonexistent"], "/nonexistent"),
+    (["--config=configs/cnn.py", "--config.data.validation_size=60000"], "validation_size"),
+    (["--config=configs/cnn.py", "--config.conv_impl=cudnn"], "conv_impl"),
+    (["--config=configs/mlp_baseline.py", "--config.pretrain.num_epochs=2"], "autoencoder"),
+    (["--config=configs/cnn.py", "--config.data.validation_size=0"], "early_stopping"),
+  ],
+)
+def test_mistakes_get_one_clear_line_and_status_2(args, message, tmp_path):
+  result = launch(*args, workdir=tmp_path / "run")
+  assert result.returncode == 2, result.stderr
+  assert "Traceback" not in result.stderr
+  assert result.stderr.startswith("error: ")
+  assert pytest.importorskip("re").search(message, result.stderr), result.stderr
+
+
+def test_a_config_file_without_get_config_is_named(tmp_path):
+  config_file = tmp_path / "broken.py"
+  config_file.write_text("def make_config():\n  return None\n")
+  result = launch(f"--config={config_file}", workdir=tmp_path / "run")
+  assert result.returncode == 2 and "does not define get_config()" in result.stderr
+  assert "Traceback" not in result.stderr

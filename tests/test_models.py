@@ -1,0 +1,172 @@
+"""Layers and models: im2col equals XLA's conv, parameter counts, output shapes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from ml_collections import ConfigDict
+
+from fmnist_jax import layers, models
+from fmnist_jax.errors import ConfigError
+
+
+def _conv_params(kernel, c_in, c_out):
+  return kernel * kernel * c_in * c_out + c_out
+
+
+def _dense_params(n_in, n_out):
+  return n_in * n_out + n_out
+
+
+@pytest.mark.parametrize(
+  "cls,padding,side",
+  [
+    (layers.Conv, "SAME", 7),
+    (layers.Conv, "VALID", 7),
+    (layers.Conv, "SAME", 6),
+    (layers.ConvTranspose, "SAME", 7),
+    (layers.ConvTranspose, "VALID", 3),
+  ],
+)
+def test_im2col_matches_xla_outputs_and_gradients(cls, padding, side):
+  x = jax.random.normal(jax.random.key(0), (3, side, side, 4))
+  module = cls(4, 5, (3, 3), padding=padding, impl="xla", rngs=nnx.Rngs(0))
+
+  def loss(module, x):
+    return jnp.sum(jnp.sin(module(x)))
+
+  module.impl = "xla"
+  out_xla, grads_xla = module(x), nnx.grad(loss, argnums=(0, 1))(module, x)
+  module.impl = "im2col"
+  out_im2col, grads_im2col = module(x), nnx.grad(loss, argnums=(0, 1))(module, x)
+  np.testing.assert_allclose(out_im2col, out_xla, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(grads_im2col), jax.tree.leaves(grads_xla), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_transpose_output_sizes_match_the_study():
+  # A3's decoder: 3 -> 7 (VALID), 7 -> 14 -> 28 (SAME), all stride 2.
+  for impl in ("xla", "im2col"):
+    decoder = models.ConvDecoder(conv_impl=impl, rngs=nnx.Rngs(0))
+    assert decoder(jnp.zeros((2, 3, 3, 64))).shape == (2, 28, 28, 1)
+
+
+def test_max_pool_matches_reduce_window_and_drops_ragged_edge():
+  x = jax.random.normal(jax.random.key(1), (2, 7, 7, 3))
+  expected = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+  np.testing.assert_array_equal(layers.max_pool(x), expected)
+  assert layers.max_pool(x).shape == (2, 3, 3, 3)
+
+
+def test_conv_impl_auto_resolves_by_backend_and_rejects_unknown():
+  assert layers.resolve_conv_impl("auto") == ("im2col" if jax.default_backend() == "cpu" else "xla")
+  with pytest.raises(ConfigError, match="conv_impl"):
+    layers.resolve_conv_impl("cudnn")
+
+
+def test_autoencoder_parameter_counts_are_study_a3s():
+  model = models.AutoencoderClassifier(rngs=nnx.Rngs(0))
+  encoder_oracle = _conv_params(3, 1, 16) + _conv_params(3, 16, 32) + _conv_params(3, 32, 64)
+  decoder_oracle = _conv_params(3, 64, 32) + _conv_params(3, 32, 16) + _conv_params(3, 16, 1)
+  assert models.count_params(model.autoencoder.encoder) == encoder_oracle == 23_296
+  assert models.count_params(model.autoencoder.decoder) == decoder_oracle == 23_233
+  assert models.count_params(model.head) == 235_500 + 30_100 + 1_010
+  assert models.count_params(model) == 313_139
+  x = jnp.zeros((2, 28, 28))
+  assert model.autoencoder.encoder(x[..., None]).shape == (2, 3, 3, 64)
+  assert model.reconstruct(x).shape == (2, 28, 28)
+
+
+def test_model_parameter_counts_match_formulas():
+  rngs = nnx.Rngs(0)
+  assert (
+    models.count_params(models.MLP((300, 100), rngs=rngs))
+    == (_dense_params(784, 300) + _dense_params(300, 100) + _dense_params(100, 10))
+    == 266_610
+  )
+  vgg_convs = [(1, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256)]
+  assert models.count_params(models.VGG(rngs=rngs)) == (
+    sum(_conv_params(3, a, b) for a, b in vgg_convs)
+    + _dense_params(3 * 3 * 256, 500)
+    + _dense_params(500, 250)
+    + _dense_params(250, 10)
+  )
+  assert models.count_params(models.CNN((32, 64, 128), (128,), rngs=rngs)) == (
+    _conv_params(3, 1, 32)
+    + _conv_params(3, 32, 64)
+    + _conv_params(3, 64, 128)
+    + _dense_params(3 * 3 * 128, 128)
+    + _dense_params(128, 10)
+  )
+  batch_norm = 2  # trainable scale and bias per channel; statistics are not params
+  resnet = sum(
+    _conv_params(3, a, b) + _conv_params(3, b, b) + _conv_params(1, a, b) + 2 * batch_norm * b
+    for a, b in [(1, 32), (32, 64), (64, 128)]
+  )
+  assert models.count_params(models.ResidualCNN((32, 64, 128), (128,), rngs=rngs)) == (
+    resnet + _dense_params(3 * 3 * 128, 128) + _dense_params(128, 10)
+  )
+
+
+@pytest.mark.parametrize(
+  "name,kwargs",
+  [
+    ("mlp", {"hidden_sizes": (32, 16), "dropout_rates": 0.5, "batch_norm": True}),
+    ("vgg", {"blocks": ((8,), (8,)), "dense_sizes": (16,)}),
+    ("autoencoder", {}),
+    (
+      "cnn",
+      {
+        "conv_features": (8, 16),
+        "dense_sizes": (16,),
+        "batch_norm": True,
+        "conv_dropout_rates": 0.25,
+        "dense_dropout_rates": 0.5,
+      },
+    ),
+    ("resnet", {"stage_features": (8, 16), "dense_sizes": (16,), "dropout_rates": 0.1}),
+  ],
+)
+def test_every_model_maps_images_to_logits_in_both_modes(name, kwargs):
+  model = models.build(ConfigDict({"name": name, **kwargs}), rngs=nnx.Rngs(0))
+  images = jax.random.uniform(jax.random.key(0), (4, 28, 28))
+  model.train()
+  train_logits = model(images, rngs=nnx.Rngs(dropout=1))
+  model.eval()
+  eval_logits = model(images)
+  assert train_logits.shape == eval_logits.shape == (4, 10)
+  assert np.isfinite(np.asarray(eval_logits)).all()
+  np.testing.assert_array_equal(eval_logits, model(images))  # eval is deterministic
+
+
+def test_dropout_masks_depend_only_on_the_key():
+  model = models.MLP((64,), dropout_rates=0.5, rngs=nnx.Rngs(0))
+  images = jnp.ones((2, 28, 28))
+  first = model(images, rngs=nnx.Rngs(dropout=7))
+  np.testing.assert_array_equal(first, model(images, rngs=nnx.Rngs(dropout=7)))
+  assert not np.array_equal(first, model(images, rngs=nnx.Rngs(dropout=8)))
+
+
+def test_keras_initialisation_glorot_uniform_kernels_zero_biases():
+  layer = layers.dense(784, 300, rngs=nnx.Rngs(0))
+  limit = np.sqrt(6 / (784 + 300))
+  kernel = np.asarray(layer.kernel[...])
+  assert np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.95 * limit
+  np.testing.assert_array_equal(layer.bias[...], 0)
+
+
+def test_build_rejects_unknown_names_and_arguments():
+  with pytest.raises(ConfigError, match="unknown model.name 'transformer'"):
+    models.build(ConfigDict({"name": "transformer"}), rngs=nnx.Rngs(0))
+  with pytest.raises(ConfigError, match="widths"):
+    models.build(ConfigDict({"name": "cnn", "widths": (8,)}), rngs=nnx.Rngs(0))
+  with pytest.raises(ConfigError, match="activation 'relux'"):
+    models.build(
+      ConfigDict({"name": "mlp", "hidden_sizes": (8,), "activation": "relux"}), rngs=nnx.Rngs(0)
+    )
+  with pytest.raises(ConfigError, match="dropout_rates has 3 entries for 2 layers"):
+    models.build(
+      ConfigDict({"name": "mlp", "hidden_sizes": (8, 8), "dropout_rates": (0.1, 0.1, 0.1)}),
+      rngs=nnx.Rngs(0),
+    )

@@ -1,0 +1,207 @@
+"""Training: it learns, it is reproducible, it resumes identically, it stops like Keras."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from ml_collections import ConfigDict
+
+from configs import base
+from fmnist_jax import data, train
+
+NUM_TRAIN, NUM_VAL, NUM_TEST = 2_000, 500, 1_000
+CHANCE = 1 / data.NUM_CLASSES
+
+
+@pytest.fixture(scope="module")
+def small_dataset(real_data_dir):
+  """The first 2,000 / 500 / 1,000 real images: large enough to learn, small enough to be fast."""
+  train_split, test_split = data.load_arrays(real_data_dir)
+
+  def head(split, start, count):
+    return data.Split(split.images[start : start + count], split.labels[start : start + count])
+
+  return data.Dataset(
+    train=head(train_split, 0, NUM_TRAIN),
+    validation=head(train_split, NUM_TRAIN, NUM_VAL),
+    test=head(test_split, 0, NUM_TEST),
+    source="test subset",
+  )
+
+
+@pytest.fixture
+def use_small_dataset(monkeypatch, small_dataset):
+  monkeypatch.setattr(data, "load", lambda config: small_dataset)
+  return small_dataset
+
+
+def small_config(**overrides) -> ConfigDict:
+  config = base.get_config()
+  config.model = ConfigDict({"name": "mlp", "hidden_sizes": (64,), "dropout_rates": 0.1})
+  config.batch_size = 64
+  config.num_epochs = 3
+  config.checkpoint.max_to_keep = 2
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return config
+
+
+def _final_params(workdir):
+  """The parameters in the latest checkpoint, read back by orbax alone (no fmnist_jax)."""
+  manager = ocp.CheckpointManager(workdir / "checkpoints")
+  restored = manager.restore(manager.latest_step())
+  manager.close()
+  return jax.tree.leaves(restored["state"]["params"])
+
+
+def test_mlp_learns_well_above_chance(use_small_dataset, tmp_path):
+  results = train.fit(small_config(), tmp_path, show_progress=False)
+  assert results["metrics"]["test"]["accuracy"] > 0.7 > 5 * CHANCE
+  history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in history] == [1, 2, 3]
+  assert history[-1]["train/loss"] < history[0]["train/loss"]
+  assert (tmp_path / "config.json").exists() and (tmp_path / "results.json").exists()
+
+
+def test_same_seed_is_bit_identical_and_another_seed_is_not(use_small_dataset, tmp_path):
+  runs = [
+    train.fit(small_config(num_epochs=2, seed=seed), tmp_path / str(i), show_progress=False)
+    for i, seed in enumerate([0, 0, 1])
+  ]
+  assert runs[0]["metrics"] == runs[1]["metrics"]
+  for a, b in zip(_final_params(tmp_path / "0"), _final_params(tmp_path / "1"), strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert runs[0]["metrics"]["val"]["loss"] != runs[2]["metrics"]["val"]["loss"]
+
+
+def test_resume_continues_exactly_where_it_stopped(use_small_dataset, tmp_path):
+  config = small_config(**{"early_stopping.enabled": True, "early_stopping.patience": 5})
+  uninterrupted = train.fit(config, tmp_path / "whole", show_progress=False)
+  config.num_epochs = 1
+  train.fit(config, tmp_path / "resumed", show_progress=False)
+  config.num_epochs = 3
+  resumed = train.fit(config, tmp_path / "resumed", show_progress=False)
+  assert resumed["metrics"] == uninterrupted["metrics"]
+  for a, b in zip(
+    _final_params(tmp_path / "whole"), _final_params(tmp_path / "resumed"), strict=True
+  ):
+    np.testing.assert_array_equal(a, b)
+  history = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(line)["epoch"] for line in history] == [1, 2, 3]
+
+
+def test_a_workdir_of_another_config_is_refused(use_small_dataset, tmp_path):
+  train.fit(small_config(num_epochs=1), tmp_path, show_progress=False)
+  with pytest.raises(train.config_checks.ConfigError, match="optimizer"):
+    train.fit(
+      small_config(num_epochs=1, **{"optimizer.learning_rate": 0.1}), tmp_path, show_progress=False
+    )
+
+
+def test_epochs_compile_once(small_dataset):
+  config = small_config()
+  trainer = train.Trainer.create(config, small_dataset.train.images, NUM_TRAIN)
+  state = trainer.init(jax.random.key(0))
+  images, labels = (
+    jax.device_put(small_dataset.train.images),
+    jax.device_put(small_dataset.train.labels),
+  )
+  keys = [jax.random.key(epoch) for epoch in range(3)]
+  with jax.transfer_guard("disallow"):  # no host round trip inside the epoch
+    for key in keys:
+      state, _ = trainer.train_epoch(state, images, labels, key)
+      trainer.evaluate(state, images, labels)
+  assert trainer.train_epoch._cache_size() == 1
+  assert trainer.evaluate._cache_size() == 1
+
+
+def test_every_example_is_seen_once_per_epoch_with_a_partial_last_batch():
+  indices, weights = train._epoch_batches(jax.random.key(0), 10, 4)
+  assert indices.shape == weights.shape == (3, 4)  # ceil(10 / 4) steps, as Keras
+  real = np.asarray(indices)[np.asarray(weights) == 1]
+  assert sorted(real.tolist()) == list(range(10))
+  assert np.asarray(weights).sum() == 10
+
+
+def _keras_early_stopping(val_losses, patience, min_delta):
+  """Keras 3 EarlyStopping.on_epoch_end for monitor='val_loss', written out in Python."""
+  best, best_epoch, wait = np.inf, -1, 0
+  min_delta = -min_delta  # Keras' _set_monitor_op flips the sign in "min" mode
+  for epoch, loss in enumerate(val_losses):
+    wait += 1
+    if loss - min_delta < best:  # Keras' _is_improvement
+      best, best_epoch, wait = loss, epoch, 0
+      continue
+    if wait >= patience and epoch > 0:
+      return epoch, best_epoch
+  return None, best_epoch
+
+
+@pytest.mark.parametrize("patience,min_delta", [(1, 0.0), (3, 0.0), (2, 0.05)])
+def test_early_stopping_follows_keras(patience, min_delta):
+  val_losses = [1.0, 0.8, 0.82, 0.79, 0.85, 0.9, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95]
+  state = train.TrainState(
+    step=jnp.zeros(()), params={"w": jnp.zeros(())}, model_state={}, opt_state=()
+  )
+  es = train.EarlyStopping.create(state)
+  stopped_at = None
+  for epoch, loss in enumerate(val_losses):
+    state = state.replace(params={"w": jnp.float32(epoch)})
+    es = train.update_early_stopping(
+      es, state, jnp.float32(loss), epoch, patience=patience, min_delta=min_delta
+    )
+    if bool(es.stopped):
+      stopped_at = epoch
+      break
+  expected_stop, expected_best = _keras_early_stopping(val_losses, patience, min_delta)
+  assert stopped_at == expected_stop
+  assert int(es.best_epoch) == expected_best
+  assert float(es.best_params["w"]) == expected_best  # the best epoch's weights are kept
+
+
+def test_early_stopping_restores_the_best_weights(use_small_dataset, tmp_path):
+  # min_delta so large that only the first epoch counts as an improvement.
+  config = small_config(
+    num_epochs=5,
+    **{
+      "early_stopping.enabled": True,
+      "early_stopping.patience": 1,
+      "early_stopping.min_delta": 100.0,
+    },
+  )
+  results = train.fit(config, tmp_path, show_progress=False)
+  assert results["epochs_trained"] == 2 and results["stopped_early"]
+  assert results["best_epoch"] == 1 and results["restored_best"]
+  first_epoch = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+  assert results["metrics"]["val"]["loss"] == pytest.approx(first_epoch["val/loss"], rel=1e-6)
+
+
+def test_non_finite_loss_stops_with_a_message_naming_the_fix(
+  use_small_dataset, tmp_path, monkeypatch
+):
+  # A NaN pixel poisons the loss deterministically (an exploding learning rate may not).
+  scale = data.make_preprocess
+  monkeypatch.setattr(
+    data, "make_preprocess", lambda name, images: lambda x: scale(name, images)(x) * jnp.nan
+  )
+  config = small_config()
+  with pytest.raises(FloatingPointError, match=r"step \d+ \(epoch 1\).*optimizer.learning_rate"):
+    train.fit(config, tmp_path, show_progress=False)
+  assert (tmp_path / "config.json").exists()
+
+
+def test_autoencoder_pretraining_lowers_reconstruction_loss(use_small_dataset, tmp_path):
+  config = small_config(num_epochs=1, batch_size=100, **{"pretrain.num_epochs": 2})
+  config.model = ConfigDict({"name": "autoencoder", "head_sizes": (32,)})
+  results = train.fit(config, tmp_path, show_progress=False)
+  history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  pretrain = [r["pretrain/loss"] for r in history if r.get("phase") == "pretrain"]
+  assert len(pretrain) == 2 and pretrain[1] < pretrain[0]
+  assert results["metrics"]["test"]["accuracy"] > 2 * CHANCE
