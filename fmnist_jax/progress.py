@@ -17,6 +17,8 @@ _POSTFIX_KEYS = {
 
 
 class EpochBar:
+  """tqdm over epochs (loss/accuracy in the postfix, tqdm's ETA) or plain lines with an ETA."""
+
   def __init__(
     self,
     num_epochs: int,
@@ -30,6 +32,7 @@ class EpochBar:
     self.enabled = enabled
     self.num_epochs = num_epochs
     self.interactive = enabled and self.stream.isatty()
+    self.epoch_seconds = []
     self.bar = (
       tqdm(
         total=num_epochs,
@@ -50,8 +53,14 @@ class EpochBar:
       self.bar.update(1)
     elif self.enabled:
       fields = " ".join(f"{k}={v}" for k, v in postfix.items())
+      seconds = record.get("seconds", 0.0)
+      self.epoch_seconds.append(seconds)
+      # The first epoch includes compilation, so later epochs estimate the rest better.
+      steady = self.epoch_seconds[1:] or self.epoch_seconds
+      eta = (self.num_epochs - record["epoch"]) * sum(steady) / len(steady)
       print(
-        f"epoch {record['epoch']}/{self.num_epochs} {fields} ({record.get('seconds', 0):.1f}s)",
+        f"epoch {record['epoch']}/{self.num_epochs} {fields} ({seconds:.1f}s, "
+        f"ETA {tqdm.format_interval(eta)})",
         file=self.stream,
         flush=True,
       )

@@ -1,0 +1,24 @@
+"""The progress display: one plain line per epoch with an ETA when output is not a terminal."""
+
+import io
+
+from fmnist_jax.progress import EpochBar
+
+
+def test_plain_lines_carry_metrics_and_an_eta_from_steady_epochs():
+  stream = io.StringIO()
+  bar = EpochBar(5, stream=stream)
+  bar.update({"epoch": 1, "train/loss": 0.5, "val/accuracy": 0.8, "seconds": 30.0})
+  bar.update({"epoch": 2, "train/loss": 0.4, "val/accuracy": 0.85, "seconds": 2.0})
+  bar.close()
+  first, second = stream.getvalue().splitlines()
+  assert first.startswith("epoch 1/5 loss=0.5000 val_acc=0.8000")
+  assert "ETA 02:00" in first  # 4 epochs left at 30 s (compile included: only estimate)
+  assert "ETA 00:06" in second  # 3 left at the steady 2 s
+
+
+def test_disabled_bar_prints_nothing():
+  stream = io.StringIO()
+  bar = EpochBar(3, enabled=False, stream=stream)
+  bar.update({"epoch": 1, "train/loss": 0.5})
+  assert stream.getvalue() == ""
