@@ -8,15 +8,12 @@ import math
 
 from ml_collections import ConfigDict
 
-from fmnist_jax import layers, models
+from fmnist_jax import data, layers, models
 from fmnist_jax.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
-PREPROCESSING = ("scale01", "raw", "standardize")
 PRETRAIN_LOSSES = ("mse", "binary_crossentropy")
-VALIDATION_SPLITS = ("tail", "random")
-DATA_SOURCES = ("idx", "tfds")
 
 
 def _fail(key: str, value, fix: str):
@@ -66,9 +63,9 @@ def check(config: ConfigDict, *, num_train: int | None = None, has_validation: b
     _fail("seed", config.seed, "must be an integer")
   _one_of(config, "conv_impl", layers.CONV_IMPLS)
 
-  _one_of(config, "data.source", DATA_SOURCES)
-  _one_of(config, "data.validation_split", VALIDATION_SPLITS)
-  _one_of(config, "data.preprocessing", PREPROCESSING)
+  _one_of(config, "data.source", data.SOURCES)
+  _one_of(config, "data.validation_split", data.VALIDATION_SPLITS)
+  _one_of(config, "data.preprocessing", data.PREPROCESSINGS)
 
   _one_of(config, "model.name", sorted(models.MODELS))
   for key in ("activation", "head_activation", "autoencoder_activation"):

@@ -1,13 +1,12 @@
 """Shared fixtures: the real Fashion-MNIST directory and tiny synthetic IDX files."""
 
-import gzip
 import hashlib
 import os
 import pathlib
-import struct
 
 import numpy as np
 import pytest
+from idx_files import IMAGES_MAGIC, LABELS_MAGIC, idx_bytes, write_idx
 
 from fmnist_jax import data
 from fmnist_jax.errors import DataError
@@ -15,8 +14,6 @@ from fmnist_jax.errors import DataError
 # Tiny synthetic sets: big enough for splits, small enough to write in milliseconds.
 SYNTHETIC_NUM_TRAIN = 50
 SYNTHETIC_NUM_TEST = 20
-_IMAGES_MAGIC = 0x00000803
-_LABELS_MAGIC = 0x00000801
 
 
 @pytest.fixture(scope="session")
@@ -33,17 +30,6 @@ def real_data_dir() -> pathlib.Path:
   if os.environ.get("CI"):
     pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
   pytest.skip(reason)
-
-
-def _idx_bytes(array: np.ndarray, magic: int) -> bytes:
-  """Encodes an array as an IDX file, written independently of fmnist_jax.data."""
-  header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
-  return header + np.ascontiguousarray(array, np.uint8).tobytes()
-
-
-def _write_idx(path: pathlib.Path, content: bytes) -> None:
-  """Writes IDX content, gzipped if the name ends in .gz."""
-  path.write_bytes(gzip.compress(content) if path.suffix == ".gz" else content)
 
 
 @pytest.fixture
@@ -76,11 +62,11 @@ def synthetic_fmnist(monkeypatch):
       images_name, labels_name = data.FILE_NAMES[split_name]
       suffix = ".gz" if compress else ""
       for name, array, magic in (
-        (images_name, images, _IMAGES_MAGIC),
-        (labels_name, labels, _LABELS_MAGIC),
+        (images_name, images, IMAGES_MAGIC),
+        (labels_name, labels, LABELS_MAGIC),
       ):
-        content = _idx_bytes(array, magic)
-        _write_idx(directory / (name + suffix), content)
+        content = idx_bytes(array, magic)
+        write_idx(directory / (name + suffix), content)
         if as_standard:
           monkeypatch.setitem(data._SHA256, name, hashlib.sha256(content).hexdigest())
       if as_standard:

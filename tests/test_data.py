@@ -8,19 +8,17 @@ import os
 import pathlib
 import re
 import shutil
-import struct
 import threading
 import urllib.error
 
 import numpy as np
 import pytest
+from idx_files import IMAGES_MAGIC, LABELS_MAGIC, idx_bytes, write_idx
 from ml_collections import ConfigDict
 
 from fmnist_jax import data
 from fmnist_jax.errors import ConfigError, DataError
 
-IMAGES_MAGIC = 0x00000803
-LABELS_MAGIC = 0x00000801
 TRAIN_IMAGES, TRAIN_LABELS = data.FILE_NAMES["train"]
 TEST_IMAGES, TEST_LABELS = data.FILE_NAMES["test"]
 REAL_NUM_TRAIN = 60_000
@@ -29,17 +27,6 @@ STUDY_A_VALIDATION = 10_000
 STUDY_B_VALIDATION = 12_000
 # float32 arithmetic on 0..255 values vs float64 host statistics.
 FLOAT32_TOLERANCE = 1e-5
-
-
-def idx_bytes(array: np.ndarray, magic: int) -> bytes:
-  """Encodes an array as an IDX file, independently of fmnist_jax.data."""
-  header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
-  return header + np.ascontiguousarray(array, np.uint8).tobytes()
-
-
-def write_idx(path: pathlib.Path, content: bytes) -> None:
-  """Writes IDX content, gzipped if the name ends in .gz."""
-  path.write_bytes(gzip.compress(content) if path.suffix == ".gz" else content)
 
 
 @pytest.fixture
