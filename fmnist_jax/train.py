@@ -154,6 +154,7 @@ class Trainer:
   eval_batch_size: int
   steps_per_epoch: int
   init: Callable  # key -> TrainState
+  train_step: Callable  # (state, (images, labels, weights), key) -> state, metrics; jitted
   train_epoch: (
     Callable  # (state, images, labels, key) -> state, {"loss", "correct", "count"}[steps]
   )
@@ -193,21 +194,24 @@ class Trainer:
         opt_state=tx.init(params),
       )
 
-    train_epoch = make_train_epoch(train_graphdef, tx, preprocess, loss_fn, config.batch_size)
+    train_step, train_epoch = make_train_epoch(
+      train_graphdef, tx, preprocess, loss_fn, config.batch_size
+    )
     evaluate, predict = make_evaluate(eval_graphdef, preprocess, config.eval_batch_size)
     return cls(
-      train_graphdef,
-      eval_graphdef,
-      tx,
-      schedule,
-      preprocess,
-      config.batch_size,
-      config.eval_batch_size,
-      steps,
-      jax.jit(init),
-      train_epoch,
-      evaluate,
-      predict,
+      train_graphdef=train_graphdef,
+      eval_graphdef=eval_graphdef,
+      tx=tx,
+      schedule=schedule,
+      preprocess=preprocess,
+      batch_size=config.batch_size,
+      eval_batch_size=config.eval_batch_size,
+      steps_per_epoch=steps,
+      init=jax.jit(init),
+      train_step=jax.jit(train_step, donate_argnums=0),
+      train_epoch=train_epoch,
+      evaluate=evaluate,
+      predict=predict,
     )
 
   def model(self, state: TrainState, train: bool = False) -> nnx.Module:
@@ -231,9 +235,10 @@ def _epoch_batches(key, num_examples: int, batch_size: int):
 
 
 def make_train_epoch(graphdef, tx, preprocess, loss_fn, batch_size: int):
-  """One epoch as one compiled lax.scan over device-shuffled batches."""
+  """The pure train step and one epoch of it as one compiled lax.scan over shuffled batches."""
 
   def train_step(state: TrainState, batch, key):
+    """One optimizer step on (uint8 images, labels, 0/1 weights) with dropout key `key`."""
     images, labels, weights = batch
 
     def objective(params):
@@ -266,7 +271,7 @@ def make_train_epoch(graphdef, tx, preprocess, loss_fn, batch_size: int):
 
     return jax.lax.scan(body, state, (indices, weights, step_keys))
 
-  return train_epoch
+  return train_step, train_epoch
 
 
 def _padded_batches(array, batch_size: int):

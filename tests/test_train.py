@@ -205,3 +205,21 @@ def test_autoencoder_pretraining_lowers_reconstruction_loss(use_small_dataset, t
   pretrain = [r["pretrain/loss"] for r in history if r.get("phase") == "pretrain"]
   assert len(pretrain) == 2 and pretrain[1] < pretrain[0]
   assert results["metrics"]["test"]["accuracy"] > 2 * CHANCE
+
+
+def test_the_jitted_train_step_is_the_scanned_epochs_step(small_dataset):
+  config = small_config(**{"model.dropout_rates": 0.0})
+  trainer = train.Trainer.create(config, small_dataset.train.images, NUM_TRAIN)
+  images, labels = small_dataset.train.images, small_dataset.train.labels
+  key = jax.random.key(3)
+  shuffle_key, dropout_key = jax.random.split(key)
+  indices, weights = train._epoch_batches(shuffle_key, NUM_TRAIN, config.batch_size)
+  step_keys = jax.random.split(dropout_key, indices.shape[0])
+  by_step = trainer.init(jax.random.key(0))
+  for batch_indices, batch_weights, step_key in zip(indices, weights, step_keys, strict=True):
+    batch = (images[np.asarray(batch_indices)], labels[np.asarray(batch_indices)], batch_weights)
+    by_step, _ = trainer.train_step(by_step, batch, step_key)
+  by_epoch, _ = trainer.train_epoch(trainer.init(jax.random.key(0)), images, labels, key)
+  assert int(by_step.step) == int(by_epoch.step) == indices.shape[0]
+  for a, b in zip(jax.tree.leaves(by_step.params), jax.tree.leaves(by_epoch.params), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
