@@ -72,3 +72,11 @@ def test_a_config_file_without_get_config_is_named(tmp_path):
   result = launch(f"--config={config_file}", workdir=tmp_path / "run")
   assert result.returncode == 2 and "does not define get_config()" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_an_unusable_workdir_is_named(real_data_dir, tmp_path):
+  not_a_directory = tmp_path / "file"
+  not_a_directory.write_text("")
+  result = launch("--config=configs/mlp_baseline.py", workdir=not_a_directory)
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert f"cannot write to workdir {not_a_directory}" in result.stderr
