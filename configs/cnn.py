@@ -24,6 +24,8 @@ def get_config():
       "dense_sizes": (128,),
       "kernel_size": 3,
       "activation": "relu",
+      "batch_norm": False,
+      "pool": True,
       "conv_dropout_rates": 0.25,
       "dense_dropout_rates": 0.5,
     }

@@ -242,7 +242,8 @@ def make_train_epoch(graphdef, tx, preprocess, loss_fn, batch_size: int):
     images, labels, weights = batch
 
     def objective(params):
-      model = nnx.merge(graphdef, params, state.model_state)
+      # copy=True: fresh Variables at this trace level, so BatchNorm may update its statistics.
+      model = nnx.merge(graphdef, params, state.model_state, copy=True)
       loss, correct = loss_fn(model, preprocess(images), labels, weights, nnx.Rngs(dropout=key))
       return loss, (correct, nnx.state(model, nnx.Not(nnx.Param)))
 

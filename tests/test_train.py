@@ -223,3 +223,16 @@ def test_the_jitted_train_step_is_the_scanned_epochs_step(small_dataset):
   assert int(by_step.step) == int(by_epoch.step) == indices.shape[0]
   for a, b in zip(jax.tree.leaves(by_step.params), jax.tree.leaves(by_epoch.params), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_statistics_train_in_the_scanned_epoch(use_small_dataset, tmp_path):
+  config = small_config(num_epochs=1)
+  config.model = ConfigDict({"name": "cnn", "conv_features": (8, 16), "dense_sizes": (32,),
+                             "batch_norm": True, "conv_dropout_rates": 0.1})
+  results = train.fit(config, tmp_path, show_progress=False)
+  assert results["metrics"]["test"]["accuracy"] > 3 * CHANCE
+  manager = ocp.CheckpointManager(tmp_path / "checkpoints")
+  statistics = jax.tree.leaves(manager.restore(1)["state"]["model_state"])
+  manager.close()
+  assert statistics and all(np.abs(np.asarray(s)).sum() > 0 for s in statistics)
+  assert any(not np.allclose(s, 1.0) and not np.allclose(s, 0.0) for s in statistics)
