@@ -53,7 +53,13 @@ def parse_flags(argv):
         f"get_config() returning an ml_collections.ConfigDict (see configs/cnn.py)"
       )
     keys = [arg.split("=", 1)[0] for arg in argv if arg.startswith("--config.")]
-    fail(f"unknown config key in {' '.join(keys)} ({text}); configs/base.py lists every key")
+    where = "configs/base.py lists every key"
+    if any(key.startswith("--config.model.") for key in keys):
+      where = (
+        f"the model section of {path} lists the keys it declares; the model's "
+        f"arguments are those of its class in fmnist_jax/models.py"
+      )
+    fail(f"unknown config key in {' '.join(keys)} ({text}); {where}")
   except (KeyError, TypeError, ValueError) as error:
     fail(f"bad config override: {error}; configs/base.py lists every key and its type")
   except (OSError, SyntaxError, ImportError, NameError) as error:
