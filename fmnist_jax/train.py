@@ -414,61 +414,63 @@ def fit(config: ConfigDict, workdir: str | pathlib.Path, *, show_progress: bool 
     config.num_epochs, start_epoch, enabled=show_progress, desc=config.model.name
   )
   stop = bool(early.stopped) and es_config.enabled
-  epoch = start_epoch
-  for epoch in range(start_epoch, config.num_epochs):
-    if stop:
-      break
-    epoch_start = time.time()
-    steps_before = int(state.step)
-    state, step_metrics = trainer.train_epoch(
-      state, *device_data["train"], epoch_key(config.seed, _TRAIN_STREAM, epoch)
-    )
-    step_metrics = jax.device_get(step_metrics)
-    _check_finite(step_metrics, epoch, steps_before, config)
-    record = {
-      "epoch": epoch + 1,
-      "train/loss": float(
-        np.sum(step_metrics["loss"] * step_metrics["count"]) / np.sum(step_metrics["count"])
-      ),
-      "train/accuracy": float(np.sum(step_metrics["correct"]) / np.sum(step_metrics["count"])),
-      "learning_rate": float(trainer.schedule(steps_before)),
-    }
-    if has_val:
-      val = metrics.summarize(
-        *trainer.evaluate(state, *device_data["val"]), count=device_data["val"][1].shape[0]
+  try:
+    for epoch in range(start_epoch, config.num_epochs):
+      if stop:
+        break
+      epoch_start = time.time()
+      steps_before = int(state.step)
+      state, step_metrics = trainer.train_epoch(
+        state, *device_data["train"], epoch_key(config.seed, _TRAIN_STREAM, epoch)
       )
-      record.update(
-        {
-          f"val/{k}": val[k]
-          for k in ("loss", "accuracy", "precision_macro", "recall_macro", "f1_macro")
-        }
+      step_metrics = jax.device_get(step_metrics)
+      _check_finite(step_metrics, epoch, steps_before, config)
+      record = {
+        "epoch": epoch + 1,
+        "train/loss": float(
+          np.sum(step_metrics["loss"] * step_metrics["count"]) / np.sum(step_metrics["count"])
+        ),
+        "train/accuracy": float(np.sum(step_metrics["correct"]) / np.sum(step_metrics["count"])),
+        "learning_rate": float(trainer.schedule(steps_before)),
+      }
+      if has_val:
+        val = metrics.summarize(
+          *trainer.evaluate(state, *device_data["val"]), count=device_data["val"][1].shape[0]
+        )
+        record.update(
+          {
+            f"val/{k}": val[k]
+            for k in ("loss", "accuracy", "precision_macro", "recall_macro", "f1_macro")
+          }
+        )
+        early = update_early_stopping(
+          early,
+          state,
+          jnp.float32(val["loss"]),
+          epoch,
+          patience=es_config.patience,
+          min_delta=es_config.min_delta,
+        )
+        stop = es_config.enabled and bool(early.stopped)
+      record["seconds"] = time.time() - epoch_start
+      run.log_metrics(record)
+      run.save(
+        epoch + 1,
+        {"state": state, "early_stopping": early},
+        best=has_val and int(early.best_epoch) == epoch,
       )
-      early = update_early_stopping(
-        early,
-        state,
-        jnp.float32(val["loss"]),
-        epoch,
-        patience=es_config.patience,
-        min_delta=es_config.min_delta,
-      )
-      stop = es_config.enabled and bool(early.stopped)
-    record["seconds"] = time.time() - epoch_start
-    run.log_metrics(record)
-    run.save(
-      epoch + 1,
-      {"state": state, "early_stopping": early},
-      best=has_val and int(early.best_epoch) == epoch,
-    )
-    bar.update(record)
-  bar.close()
-  run.wait()
+      bar.update(record)
+  finally:
+    # A NaN or Ctrl-C must not cut off an asynchronous save of the last good epoch.
+    bar.close()
+    run.wait()
 
   final_state = state
   # As Keras: best weights come back only with EarlyStopping(restore_best_weights=True).
   if has_val and es_config.enabled and es_config.restore_best and int(early.best_epoch) >= 0:
     final_state = state.replace(params=early.best_params, model_state=early.best_model_state)
   results = {
-    "config": config.model.name,
+    "model": config.model.name,
     "num_params": num_params,
     "epochs_trained": int(state.step) // trainer.steps_per_epoch,
     "stopped_early": bool(stop),
