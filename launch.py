@@ -14,6 +14,7 @@ from fmnist_jax import platform
 platform.configure_xla()
 
 import pathlib
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -55,6 +56,8 @@ def main(argv):
     print(f"error: {error}", file=sys.stderr)
     return cli.EXIT_USER_ERROR
   except KeyboardInterrupt:
+    # `uv run` forwards the terminal's SIGINT too; a second one must not break the shutdown.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     print(
       f"\ninterrupted; rerun the same command to resume from the latest checkpoint in {workdir}",
       file=sys.stderr,
