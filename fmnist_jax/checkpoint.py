@@ -51,13 +51,9 @@ class RunDir:
       config_json = config.to_json_best_effort(indent=2, sort_keys=True)
       config_path = self.path / "config.json"
       if config_path.exists():
-        saved = json.loads(config_path.read_text())
-        if _comparable(saved) != _comparable(json.loads(config_json)):
-          changed = sorted(
-            k
-            for k in set(saved) | set(json.loads(config_json))
-            if saved.get(k) != json.loads(config_json).get(k)
-          )
+        saved, current = json.loads(config_path.read_text()), json.loads(config_json)
+        if _comparable(saved) != _comparable(current):
+          changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
           raise ConfigError(
             f"workdir {self.path} holds a run of a different config (differs in: "
             f"{', '.join(changed)}); pass another --workdir, or delete that directory to "

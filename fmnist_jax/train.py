@@ -391,7 +391,7 @@ def fit(config: ConfigDict, workdir: str | pathlib.Path, *, show_progress: bool 
   trainer_args = (dataset.train.images, len(dataset.train))
   trainer = Trainer.create(config, *trainer_args)
   state = trainer.init(jax.random.fold_in(jax.random.key(config.seed), _TRAIN_STREAM))
-  num_params = sum(int(np.size(p)) for p in jax.tree.leaves(state.params))
+  num_params = models.count_params(trainer.model(state))
   early = EarlyStopping.create(state)
   es_config = config.early_stopping
   has_val = "val" in device_data
