@@ -1,7 +1,10 @@
-"""Trains one experiment: one command per study row.
+r"""Trains one experiment: one command per study row.
 
   python launch.py --config=configs/cnn.py
   python launch.py --config=configs/cnn.py --config.optimizer.learning_rate=3e-4 --workdir=runs/x
+  python launch.py --config=configs/mlp_baseline.py --config.num_seeds=5
+  python launch.py --config=configs/mlp_baseline.py \
+    --config.sweep.grid="optimizer.learning_rate=0.1,0.01; model.hidden_sizes=[(100,), (300,)]"
 
 The workdir (default runs/<config name>) receives config.json, metrics.jsonl,
 results.json and orbax checkpoints; rerunning the same command resumes from
@@ -34,6 +37,40 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show the per-epoch progress bar
 flags.mark_flag_as_required("config")
 
 
+def report(results: dict, name: str) -> str:
+  """The end-of-run summary: the studies' table (mean +- std over members) and per class."""
+  from fmnist_jax import data, metrics
+
+  members = results["members"]
+  epochs = sorted({member["epochs_trained"] for member in members})
+  best = sorted({member["best_epoch"] for member in members if member["best_epoch"]})
+  title = (
+    f"{name}: {results['num_params']:,} params, "
+    f"{'-'.join(map(str, (epochs[0], epochs[-1]) if len(epochs) > 1 else epochs))} epochs"
+    + (f", best epoch {best[0]}" if len(best) == 1 else "")
+    + (f", best epochs {best[0]}-{best[-1]}" if len(best) > 1 else "")
+    + f", {results['wall_seconds']:.0f}s\n{results['protocol']}"
+  )
+  if len(members) == 1:
+    split_metrics = members[0]["metrics"]
+    return (
+      f"{metrics.format_table(split_metrics, title=title)}\n\nPer-class test metrics:\n"
+      f"{metrics.format_per_class_table(split_metrics['test'], data.CLASS_NAMES)}"
+    )
+  text = (
+    f"{metrics.format_summary_table(results['summary'], num_members=len(members), title=title)}"
+    f"\n\n{metrics.format_members_table(members)}"
+  )
+  if "ensemble" in results:
+    by_split = results["ensemble"]["rules"]["softmax_sum"]
+    accuracies = ", ".join(f"{split} {by_split[split]['accuracy']:.4f}" for split in by_split)
+    text += (
+      f"\n\nEnsemble of the {len(members)} members (argmax of summed softmax): {accuracies}; "
+      f"test {results['ensemble']['gain']:+.4f} over the best member"
+    )
+  return text
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(
@@ -42,14 +79,18 @@ def main(argv):
     )
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   # Imported after flag parsing so `--help` and flag errors are instant.
-  from fmnist_jax import data, metrics, train
+  from fmnist_jax import sweep, train
   from fmnist_jax.errors import UserError
 
   config = _CONFIG.value
   config_path = pathlib.Path(config_flags.get_config_filename(flags.FLAGS["config"]))
   workdir = pathlib.Path(_WORKDIR.value or pathlib.Path("runs") / config_path.stem)
+  is_sweep = bool(config.sweep.grid or config.sweep.zip)
   try:
-    results = train.fit(config, workdir, show_progress=_PROGRESS.value)
+    if is_sweep:
+      results = sweep.run(config, workdir, show_progress=_PROGRESS.value)
+    else:
+      results = train.fit(config, workdir, show_progress=_PROGRESS.value)
   except (UserError, FloatingPointError) as error:
     if _DEBUG.value:
       raise
@@ -64,19 +105,12 @@ def main(argv):
     )
     return 130
 
-  split_metrics = results["metrics"]
-  title = (
-    f"{config_path.stem}: {results['num_params']:,} params, "
-    f"{results['epochs_trained']} epochs"
-    + (f", best epoch {results['best_epoch']}" if results["best_epoch"] else "")
-    + f", {results['wall_seconds']:.0f}s"
-  )
-  print(metrics.format_table(split_metrics, title=title))
-  print(
-    f"\nPer-class test metrics:\n"
-    f"{metrics.format_per_class_table(split_metrics['test'], data.CLASS_NAMES)}"
-  )
-  print(f"\nWrote {workdir}/results.json, metrics.jsonl and checkpoints.")
+  if is_sweep:
+    print(sweep.format_markdown(results))
+    print(f"\nWrote {workdir}/sweep.md, sweep.csv, sweep.png and sweep_curves.png.")
+  else:
+    print(report(results, config_path.stem))
+    print(f"\nWrote {workdir}/results.json, metrics.jsonl and checkpoints.")
   return 0
 
 

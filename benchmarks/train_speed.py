@@ -1,9 +1,13 @@
 """Training speed of one config: steady images/s, first-epoch seconds, whole wall.
 
   python -m benchmarks.train_speed --config=configs/cnn.py [--repeats=3] [--num_examples=12800]
+  python -m benchmarks.train_speed --config=configs/mlp_baseline.py --config.num_seeds=8
 
-Steady images/s is the median over `repeats` timed epochs after a warm-up epoch
-(compile excluded, `block_until_ready` before stopping the clock). First-epoch
+Times the program `fit` runs (`Trainer.train_members`, all `config.num_seeds`
+members in one vmapped epoch). Steady images/s counts every member's images and
+is the median over `repeats` timed epochs after a warm-up epoch (compile
+excluded, `block_until_ready` before stopping the clock); seconds per member-epoch
+divide an epoch's time by the number of members. First-epoch
 seconds include tracing and compilation, as a user's first epoch does.
 `--num_examples` trains on a prefix of the training split to time slow models
 quickly (the step function and batch size are unchanged). Wait for a quiet
@@ -39,13 +43,21 @@ def measure(config, repeats: int, num_examples: int = 0) -> dict:
   if num_examples:
     images, labels = images[:num_examples], labels[:num_examples]
   images, labels = jax.device_put(images), jax.device_put(labels)
-  trainer = train.Trainer.create(config, dataset.train.images, labels.shape[0])
-  state = trainer.init(jax.random.key(config.seed))
+  members = train.members_of(config)
+  num_members = len(members)
+  trainer = train.Trainer.create(
+    config, dataset.train.images, labels.shape[0], num_members=num_members
+  )
+  state = trainer.init_members(
+    jax.random.split(jax.random.key(config.seed), num_members), members.stacked_hyperparams()
+  )
+  active = jax.numpy.ones((num_members,), bool)
   jax.block_until_ready(state)
 
   def run_epoch(state, epoch):
+    keys = jax.random.split(jax.random.key(epoch), num_members)
     t0 = time.perf_counter()
-    state, step_metrics = trainer.train_epoch(state, images, labels, jax.random.key(epoch))
+    state, step_metrics = trainer.train_members(state, active, images, labels, keys)
     jax.block_until_ready((state, step_metrics))
     return state, time.perf_counter() - t0
 
@@ -54,10 +66,13 @@ def measure(config, repeats: int, num_examples: int = 0) -> dict:
   for epoch in range(1, repeats + 1):
     state, elapsed = run_epoch(state, epoch)
     seconds.append(elapsed)
+  images_per_epoch = num_members * int(labels.shape[0])
   return {
     "examples_per_epoch": int(labels.shape[0]),
-    "images_per_s": labels.shape[0] / statistics.median(seconds),
-    "images_per_s_range": (labels.shape[0] / max(seconds), labels.shape[0] / min(seconds)),
+    "num_members": num_members,
+    "member_epoch_s": statistics.median(seconds) / num_members,
+    "images_per_s": images_per_epoch / statistics.median(seconds),
+    "images_per_s_range": (images_per_epoch / max(seconds), images_per_epoch / min(seconds)),
     "first_epoch_s": first_epoch,
     "wall_s": time.perf_counter() - start,
     "backend": jax.default_backend(),
@@ -70,12 +85,13 @@ def main(argv):
   low, high = result["images_per_s_range"]
   print(
     f"backend {result['backend']}, {result['examples_per_epoch']} examples/epoch, "
-    f"{_REPEATS.value} timed epochs"
+    f"{result['num_members']} members, {_REPEATS.value} timed epochs"
   )
   print(
     f"steady training   {result['images_per_s']:,.0f} images/s (median; range "
     f"{low:,.0f}-{high:,.0f})"
   )
+  print(f"per member-epoch  {result['member_epoch_s']:.3f} s (median)")
   print(f"first epoch       {result['first_epoch_s']:.2f} s (compile included)")
   print(f"total wall        {result['wall_s']:.2f} s")
 

@@ -13,6 +13,9 @@ from ml_collections import ConfigDict, config_dict
 def get_config() -> ConfigDict:
   config = ConfigDict()
   config.seed = 0  # init, dropout and shuffling keys all derive from this
+  # Members trained together in one vmapped program, seeds seed, seed + 1, ...; each
+  # member equals a single run with its seed. Results give mean +- std over them.
+  config.num_seeds = 1
   config.num_epochs = 10  # upper bound; early stopping may end sooner
   config.batch_size = 128  # training batch; the last partial batch is kept (as Keras)
   config.eval_batch_size = 1000  # evaluation batch; splits are padded and masked
@@ -58,6 +61,14 @@ def get_config() -> ConfigDict:
   pre.num_epochs = 0  # 0 disables pre-training
   pre.learning_rate = 1e-3  # Adam, with optimizer.eps
   pre.loss = "mse"  # "mse" or "binary_crossentropy" between input and reconstruction
+
+  # A hyperparameter sweep (fmnist_jax/sweep.py): "KEY=V1,V2; KEY2=..." axes, each point
+  # trained with num_seeds seeds. Optimizer hyperparameters share one vmapped program;
+  # other keys run one program per value, in <workdir>/<key>-<value>/.
+  config.sweep = sweep = ConfigDict()
+  sweep.grid = ""  # every combination of the axes
+  sweep.zip = ""  # axes paired element by element (equal lengths), times the grid
+  sweep.metric = "val/accuracy"  # ranks the points and is plotted (a loss is minimized)
 
   config.checkpoint = ckpt = ConfigDict()
   ckpt.enabled = True  # orbax checkpoints in <workdir>/checkpoints (latest) and best/

@@ -3,10 +3,11 @@
 The only module that imports orbax. Layout of a workdir:
 
   config.json        the resolved config (a rerun with another config is refused)
-  metrics.jsonl      one JSON line per epoch (and per pre-training epoch)
-  results.json       final metrics of every split, per class included
+  metrics.jsonl      one JSON line per member and epoch (and pre-training epoch)
+  results.json       final metrics of every member and split, per class included, and
+                     their mean/std/min/max over members
   checkpoints/<epoch>/   latest training state (params, optimizer, early stopping)
-  best/<epoch>/          params and batch statistics of the best validation epoch
+  best/<epoch>/          every member's params and batch statistics of its best epoch
 
 Two managers, so the "keep the best" policy can never delete the latest
 checkpoint that a resume needs (a known orbax pitfall with a single manager).
@@ -30,7 +31,7 @@ def _comparable(config_dict: dict) -> dict:
   return {k: v for k, v in config_dict.items() if k not in RESUMABLE_KEYS}
 
 
-def _is_writer() -> bool:
+def is_writer() -> bool:
   return jax.process_index() == 0
 
 
@@ -59,7 +60,7 @@ class RunDir:
             f"{', '.join(changed)}); pass another --workdir, or delete that directory to "
             f"start over"
           )
-      if _is_writer():
+      if is_writer():
         config_path.write_text(config_json + "\n")
     except OSError as error:
       raise UserError(
@@ -87,7 +88,7 @@ class RunDir:
 
   def _trim_metrics(self, last_epoch: int):
     """Drops metric lines of epochs a resume will redo, so the history has no duplicates."""
-    if not (_is_writer() and self.metrics_path.exists()):
+    if not (is_writer() and self.metrics_path.exists()):
       return
     kept = [
       line
@@ -99,7 +100,7 @@ class RunDir:
     self.metrics_path.write_text("".join(line + "\n" for line in kept))
 
   def log_metrics(self, record: dict):
-    if _is_writer():
+    if is_writer():
       with self.metrics_path.open("a") as f:
         f.write(json.dumps(record) + "\n")
 
@@ -108,20 +109,17 @@ class RunDir:
       return []
     return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
 
-  def save(self, epoch: int, payload: Any, *, best: bool):
+  def save(self, epoch: int, payload: Any, *, best: bool, best_payload: Any = None):
+    """Saves `payload` as the latest; also `best_payload` (every member's best weights)."""
     if not self._managers:
       return
     latest, best_manager = self._managers
     latest.save(epoch, args=ocp.args.StandardSave(payload))
     if best:
-      state = payload["state"]
-      best_manager.save(
-        epoch,
-        args=ocp.args.StandardSave({"params": state.params, "model_state": state.model_state}),
-      )
+      best_manager.save(epoch, args=ocp.args.StandardSave(best_payload))
 
   def write_results(self, results: dict):
-    if _is_writer():
+    if is_writer():
       (self.path / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
   def wait(self):

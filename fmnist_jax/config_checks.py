@@ -14,6 +14,12 @@ from fmnist_jax.errors import ConfigError
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 PRETRAIN_LOSSES = ("mse", "binary_crossentropy")
+# Metrics a sweep can rank and plot; a loss is minimized, the others maximized.
+SWEEP_METRICS = tuple(
+  f"{split}/{key}"
+  for split in ("val", "test", "train")
+  for key in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "loss")
+)
 
 
 def _fail(key: str, value, fix: str):
@@ -51,7 +57,7 @@ def _get(config: ConfigDict, dotted: str):
 
 def check(config: ConfigDict, *, num_train: int | None = None, has_validation: bool = True):
   """Raises ConfigError for the first impossible value; `num_train` enables size checks."""
-  for key in ("num_epochs", "batch_size", "eval_batch_size", "checkpoint.max_to_keep"):
+  for key in ("num_epochs", "num_seeds", "batch_size", "eval_batch_size", "checkpoint.max_to_keep"):
     _positive_int(config, key)
   if num_train is not None and config.batch_size > num_train:
     _fail(
@@ -62,6 +68,10 @@ def check(config: ConfigDict, *, num_train: int | None = None, has_validation: b
   if not isinstance(config.seed, int):
     _fail("seed", config.seed, "must be an integer")
   _one_of(config, "conv_impl", layers.CONV_IMPLS)
+  for key in ("grid", "zip"):
+    if not isinstance(config.sweep[key], str):
+      _fail(f"sweep.{key}", config.sweep[key], "must be a string like 'KEY=V1,V2; KEY2=V3,V4'")
+  _one_of(config, "sweep.metric", SWEEP_METRICS)
 
   _one_of(config, "data.source", data.SOURCES)
   _one_of(config, "data.validation_split", data.VALIDATION_SPLITS)

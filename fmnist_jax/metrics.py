@@ -191,7 +191,7 @@ def flatten(metrics_by_split: Mapping[str, Mapping[str, Any]]) -> dict[str, floa
   return flat
 
 
-def _ordered_splits(splits: Sequence[str]) -> list[str]:
+def ordered_splits(splits: Sequence[str]) -> list[str]:
   """train, val, test first (those present), then any others in the given order."""
   known = [split for split in SPLIT_ORDER if split in splits]
   return known + [split for split in splits if split not in SPLIT_ORDER]
@@ -201,7 +201,7 @@ def _format_number(value: Any) -> str:
   return _MISSING if value is None else f"{float(value):.{DECIMALS}f}"
 
 
-def _render(header: Sequence[str], rows: Sequence[Sequence[str]], title: str | None) -> str:
+def render_table(header: Sequence[str], rows: Sequence[Sequence[str]], title: str | None) -> str:
   """Left-aligned first column, right-aligned numbers, a rule under the header."""
   widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
   widths[1:] = [max(width, _NUM_WIDTH) for width in widths[1:]]
@@ -230,7 +230,7 @@ def format_table(
   Returns:
     Fixed-width plain text; a Loss column appears when any split has a loss.
   """
-  splits = _ordered_splits(list(metrics_by_split))
+  splits = ordered_splits(list(metrics_by_split))
   columns = list(_TABLE_COLUMNS)
   if any(_LOSS_COLUMN[0] in metrics_by_split[split] for split in splits):
     columns.append(_LOSS_COLUMN)
@@ -239,7 +239,7 @@ def format_table(
     [split, *(_format_number(metrics_by_split[split].get(key)) for key, _ in columns)]
     for split in splits
   ]
-  table = _render(header, rows, title)
+  table = render_table(header, rows, title)
   return table + "\nPrecision, Recall, F1: unweighted (macro) means over classes."
 
 
@@ -276,4 +276,88 @@ def format_per_class_table(metrics: Mapping[str, Any], class_names: Sequence[str
       str(int(support.sum())),
     ]
   )
-  return _render(header, rows, title=None)
+  return render_table(header, rows, title=None)
+
+
+# Statistics over members (seeds or sweep points) of one experiment.
+STAT_KEYS = ("mean", "std", "min", "max")
+# Per-split keys that `across_members` summarizes: scalars, the loss, then per-class lists.
+_MEMBER_KEYS = SCALAR_KEYS + ("loss", "precision", "recall", "f1")
+
+
+def across_members(member_metrics: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict:
+  """Mean, std, min and max over members of {split: `summarize` output}.
+
+  Args:
+    member_metrics: one {split: metrics} mapping per member (seed).
+
+  Returns:
+    {split: {key: {"mean", "std", "min", "max"}}} for the scalar keys, "loss" and
+    the per-class lists (whose statistics are lists). `std` is the sample
+    standard deviation (ddof=1), the usual "mean +- std over seeds"; 0 for one
+    member.
+  """
+  if not member_metrics:
+    raise ValueError("across_members: no members given")
+  summary = {}
+  for split in member_metrics[0]:
+    summary[split] = {}
+    for key in _MEMBER_KEYS:
+      if not all(key in member[split] for member in member_metrics):
+        continue
+      values = np.asarray([member[split][key] for member in member_metrics], np.float64)
+      std = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros_like(values[0])
+      stats = (values.mean(axis=0), std, values.min(axis=0), values.max(axis=0))
+      summary[split][key] = {
+        name: (stat.tolist() if np.ndim(stat) else float(stat))
+        for name, stat in zip(STAT_KEYS, stats, strict=True)
+      }
+  return summary
+
+
+def format_stat(stats: Mapping[str, Any], decimals: int = 4) -> str:
+  """ "0.8469 +- 0.0070" from `across_members` statistics of one scalar."""
+  return f"{stats['mean']:.{decimals}f} +- {stats['std']:.{decimals}f}"
+
+
+def format_summary_table(
+  summary: Mapping[str, Mapping[str, Any]], *, num_members: int, title: str | None = None
+) -> str:
+  """The studies' table with mean +- std over members per cell, and accuracy's min and max."""
+  splits = ordered_splits(list(summary))
+  columns = list(_TABLE_COLUMNS)
+  if any(_LOSS_COLUMN[0] in summary[split] for split in splits):
+    columns.append(_LOSS_COLUMN)
+  header = ["Split", *(name for _, name in columns), "Accuracy min-max"]
+  rows = []
+  for split in splits:
+    cells = [
+      format_stat(summary[split][key]) if key in summary[split] else _MISSING for key, _ in columns
+    ]
+    accuracy = summary[split]["accuracy"]
+    rows.append([split, *cells, f"{accuracy['min']:.4f}-{accuracy['max']:.4f}"])
+  table = render_table(header, rows, title)
+  return (
+    table + f"\nmean +- sample std over {num_members} members; Precision, Recall, F1: "
+    "unweighted (macro) means over classes."
+  )
+
+
+def format_members_table(members: Sequence[Mapping[str, Any]], swept: Sequence[str] = ()) -> str:
+  """One row per member: seed, swept hyperparameters, epochs, best epoch, val and test accuracy."""
+  header = ["Member", "Seed", *swept, "Epochs", "Best epoch", "Val acc", "Test acc"]
+  rows = []
+  for member in members:
+    split_metrics = member["metrics"]
+    rows.append(
+      [
+        str(member["member"]),
+        str(member["seed"]),
+        *(f"{member['hyperparameters'][key]:g}" for key in swept),
+        str(member["epochs_trained"]) + (" (diverged)" if member.get("diverged") else ""),
+        _MISSING if member["best_epoch"] is None else str(member["best_epoch"]),
+        _format_number(split_metrics.get("val", {}).get("accuracy")),
+        _format_number(split_metrics.get("test", {}).get("accuracy")),
+      ]
+    )
+  return render_table(header, rows, title=None)

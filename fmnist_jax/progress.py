@@ -48,6 +48,8 @@ class EpochBar:
 
   def update(self, record: dict):
     postfix = {short: f"{record[key]:.4f}" for key, short in _POSTFIX_KEYS.items() if key in record}
+    if record.get("members", 1) > 1:  # metrics are means over the members still training
+      postfix["members"] = str(record["members"])
     if self.bar is not None:
       self.bar.set_postfix(postfix, refresh=False)
       self.bar.update(1)

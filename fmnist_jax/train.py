@@ -18,6 +18,7 @@ Everything that runs per example is a pure function of
 import dataclasses
 import math
 import pathlib
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -31,7 +32,7 @@ import optax
 from flax import nnx
 from ml_collections import ConfigDict
 
-from fmnist_jax import checkpoint, config_checks, data, metrics, models
+from fmnist_jax import checkpoint, config_checks, data, ensemble, metrics, models
 from fmnist_jax import progress as progress_lib
 
 # Keys of the per-epoch random streams (folded into the run key with the epoch).
@@ -48,37 +49,51 @@ class TrainState:
 
 @flax.struct.dataclass
 class EarlyStopping:
-  """Keras EarlyStopping(monitor="val_loss") state, on device (so it vmaps per member)."""
+  """Keras EarlyStopping(monitor="val_loss") state, on device, per member when stacked."""
 
   best_loss: jax.Array
   best_epoch: jax.Array  # 0-based epoch of best_loss; -1 before any
   wait: jax.Array  # epochs since the last improvement
   stopped: jax.Array  # bool
+  diverged: jax.Array  # bool: the member's loss became NaN/inf; it is frozen
   best_params: nnx.State
   best_model_state: nnx.State
 
   @classmethod
-  def create(cls, state: TrainState) -> "EarlyStopping":
+  def create(cls, state: TrainState, num_members: int | None = None) -> "EarlyStopping":
+    """For one state, or for `num_members` states stacked on a leading axis."""
+    shape = () if num_members is None else (num_members,)
     # Copies: the train step donates `state`'s buffers, so they must not be shared.
     state = jax.tree.map(jnp.copy, state)
     return cls(
-      best_loss=jnp.array(jnp.inf, jnp.float32),
-      best_epoch=jnp.array(-1, jnp.int32),
-      wait=jnp.array(0, jnp.int32),
-      stopped=jnp.array(False),
+      best_loss=jnp.full(shape, jnp.inf, jnp.float32),
+      best_epoch=jnp.full(shape, -1, jnp.int32),
+      wait=jnp.zeros(shape, jnp.int32),
+      stopped=jnp.zeros(shape, bool),
+      diverged=jnp.zeros(shape, bool),
       best_params=state.params,
       best_model_state=state.model_state,
     )
 
 
 def update_early_stopping(
-  es: EarlyStopping, state: TrainState, val_loss, epoch, *, patience: int, min_delta: float
+  es: EarlyStopping,
+  state: TrainState,
+  val_loss,
+  epoch,
+  active=True,
+  *,
+  patience: int,
+  min_delta: float,
 ) -> EarlyStopping:
-  """One epoch of Keras' rule: improve if val_loss < best - min_delta; stop at wait >= patience."""
-  improved = val_loss < es.best_loss - min_delta
+  """One epoch of Keras' rule: improve if val_loss < best - min_delta; stop at wait >= patience.
+
+  An inactive member (stopped or diverged, so its weights are frozen) keeps its state.
+  """
+  improved = active & (val_loss < es.best_loss - min_delta)
   keep = partial(jax.tree.map, lambda new, old: jnp.where(improved, new, old))
-  wait = jnp.where(improved, 0, es.wait + 1)
-  return EarlyStopping(
+  wait = jnp.where(improved, 0, es.wait + active)
+  return es.replace(
     best_loss=jnp.where(improved, val_loss, es.best_loss),
     best_epoch=jnp.where(improved, epoch, es.best_epoch),
     wait=wait,
@@ -88,29 +103,51 @@ def update_early_stopping(
   )
 
 
+# The numeric hyperparameters of each optimizer. They live in the optimizer state
+# (optax.inject_hyperparams), so members of one vmapped program may differ in them.
+OPTIMIZER_HYPERPARAMS = {
+  "sgd": ("learning_rate", "momentum"),
+  "adam": ("learning_rate", "b1", "b2", "eps"),
+  "adamw": ("learning_rate", "b1", "b2", "eps", "weight_decay"),
+}
+
+
+def default_hyperparams(opt_config: ConfigDict) -> dict[str, float]:
+  return {name: float(opt_config[name]) for name in OPTIMIZER_HYPERPARAMS[opt_config.name]}
+
+
 def make_optimizer(opt_config: ConfigDict, steps_per_epoch: int, num_epochs: int):
-  """optax transformation and its learning-rate schedule (a function of the step)."""
-  lr, total_steps = opt_config.learning_rate, steps_per_epoch * num_epochs
+  """(make_tx, unit_schedule): `make_tx(**hyperparams)` builds the optax transformation.
+
+  The learning rate at step t is `learning_rate * unit_schedule(t)`: the schedule's
+  shape (an optax schedule peaking at 1) is shared, the peak is a per-member
+  hyperparameter. For a constant schedule this is exactly optax.sgd/adam(lr).
+  """
+  total_steps = steps_per_epoch * num_epochs
   if opt_config.schedule == "constant":
-    schedule = optax.constant_schedule(lr)
+    unit_schedule = optax.constant_schedule(1.0)
   elif opt_config.schedule == "cosine":
-    schedule = optax.cosine_decay_schedule(lr, total_steps)
+    unit_schedule = optax.cosine_decay_schedule(1.0, total_steps)
   else:  # warmup_cosine (checked by config_checks)
     warmup = max(1, round(opt_config.warmup_epochs * steps_per_epoch))
-    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1))
-  if opt_config.name == "sgd":
-    tx = optax.sgd(schedule, momentum=opt_config.momentum or None, nesterov=opt_config.nesterov)
-  elif opt_config.name == "adam":
-    tx = optax.adam(schedule, b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps)
-  else:  # adamw
-    tx = optax.adamw(
-      schedule,
-      b1=opt_config.b1,
-      b2=opt_config.b2,
-      eps=opt_config.eps,
-      weight_decay=opt_config.weight_decay,
+    unit_schedule = optax.warmup_cosine_decay_schedule(
+      0.0, 1.0, warmup, max(total_steps, warmup + 1)
     )
-  return tx, schedule
+  if opt_config.name == "sgd":
+    base = optax.inject_hyperparams(optax.sgd, static_args=("nesterov",))
+    extra = {"nesterov": opt_config.nesterov}
+  else:
+    base = optax.inject_hyperparams(getattr(optax, opt_config.name))
+    extra = {}
+  defaults = default_hyperparams(opt_config)
+
+  def make_tx(**hyperparams) -> optax.GradientTransformation:
+    tx = base(**{**defaults, **hyperparams}, **extra)
+    if opt_config.schedule == "constant":
+      return tx
+    return optax.chain(tx, optax.scale_by_schedule(unit_schedule))
+
+  return make_tx, unit_schedule
 
 
 def _masked_mean(values_B, weights_B):
@@ -141,25 +178,59 @@ def reconstruction_loss(kind: str):
   return loss_fn
 
 
+def _over_members(fn, in_axes, num_members: int):
+  """`fn` over a leading member axis: vmapped, or squeezed for one member.
+
+  One member is a plain (un-vmapped) call, so a single run compiles exactly the
+  program it would without members.
+  """
+  if num_members > 1:
+    return jax.vmap(fn, in_axes=in_axes)
+
+  def squeezed(*args):
+    args = [
+      arg if axis is None else jax.tree.map(lambda x: x[0], arg)
+      for arg, axis in zip(args, in_axes, strict=True)
+    ]
+    return jax.tree.map(lambda x: x[None], fn(*args))
+
+  return squeezed
+
+
+def _select(mask_M, new, old):
+  """Per member: `new` where mask_M, else `old` (leaves stacked on a leading axis)."""
+  return jax.tree.map(
+    lambda n, o: jnp.where(mask_M.reshape(mask_M.shape + (1,) * (n.ndim - 1)), n, o), new, old
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class Trainer:
-  """The pure functions for one config, jitted once. Shapes are fixed by the dataset."""
+  """The pure functions for one config, jitted once. Shapes are fixed by the dataset.
+
+  Single-model functions take one TrainState; the `*_members` functions take
+  `num_members` states stacked on a leading axis (one vmapped program).
+  """
 
   train_graphdef: Any
   eval_graphdef: Any
-  tx: optax.GradientTransformation
-  schedule: Callable
+  make_tx: Callable  # (**hyperparams) -> optax transformation
+  tx: optax.GradientTransformation  # with the config's hyperparameters (those in the state rule)
+  schedule: Callable  # step -> learning-rate multiplier (peak 1)
   preprocess: Callable  # uint8 images -> float32 model input
   batch_size: int
   eval_batch_size: int
   steps_per_epoch: int
-  init: Callable  # key -> TrainState
+  num_members: int
+  init: Callable  # (key, hyperparams=None) -> TrainState
   train_step: Callable  # (state, (images, labels, weights), key) -> state, metrics; jitted
-  train_epoch: (
-    Callable  # (state, images, labels, key) -> state, {"loss", "correct", "count"}[steps]
-  )
+  train_epoch: Callable  # (state, images, labels, key) -> state, {"loss", "correct", "count"}
   evaluate: Callable  # (state, images, labels) -> (confusion matrix, loss sum)
   predict: Callable  # (state, images) -> logits
+  init_members: Callable  # (keys[M], {name: values[M]}) -> stacked TrainState
+  train_members: Callable  # (state, active[M], images, labels, keys[M]) -> state, metrics[M]
+  evaluate_members: Callable  # (state, images, labels) -> confusion[M], loss sum[M]
+  predict_members: Callable  # (state, images) -> logits[M, N, C]
 
   @classmethod
   def create(
@@ -168,8 +239,9 @@ class Trainer:
     train_images: np.ndarray,
     num_train: int,
     loss_fn=classification_loss,
-    tx=None,
+    make_tx=None,
     num_epochs=None,
+    num_members: int = 1,
   ) -> "Trainer":
     def build(key):
       return models.build(config.model, conv_impl=config.conv_impl, rngs=nnx.Rngs(params=key))
@@ -180,44 +252,65 @@ class Trainer:
     abstract.eval()
     eval_graphdef = nnx.graphdef(abstract)
     steps = math.ceil(num_train / config.batch_size)
-    schedule = None
-    if tx is None:
-      tx, schedule = make_optimizer(config.optimizer, steps, num_epochs or config.num_epochs)
+    schedule = optax.constant_schedule(1.0)
+    if make_tx is None:
+      make_tx, schedule = make_optimizer(config.optimizer, steps, num_epochs or config.num_epochs)
+    tx = make_tx()
     preprocess = data.make_preprocess(config.data.preprocessing, train_images)
 
-    def init(key) -> TrainState:
+    def init(key, hyperparams=None) -> TrainState:
       _, params, model_state = nnx.split(build(key), nnx.Param, ...)
       return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         model_state=model_state,
-        opt_state=tx.init(params),
+        opt_state=make_tx(**(hyperparams or {})).init(params),
       )
 
     train_step, train_epoch = make_train_epoch(
       train_graphdef, tx, preprocess, loss_fn, config.batch_size
     )
     evaluate, predict = make_evaluate(eval_graphdef, preprocess, config.eval_batch_size)
+
+    def over(fn, in_axes):
+      return _over_members(fn, in_axes, num_members)
+
+    def train_members(state, active_M, images, labels, keys_M):
+      new_state, step_metrics = over(train_epoch, (0, None, None, 0))(state, images, labels, keys_M)
+      # Stopped or diverged members keep their weights while the others train on.
+      return _select(active_M, new_state, state), step_metrics
+
     return cls(
       train_graphdef=train_graphdef,
       eval_graphdef=eval_graphdef,
+      make_tx=make_tx,
       tx=tx,
       schedule=schedule,
       preprocess=preprocess,
       batch_size=config.batch_size,
       eval_batch_size=config.eval_batch_size,
       steps_per_epoch=steps,
+      num_members=num_members,
       init=jax.jit(init),
       train_step=jax.jit(train_step, donate_argnums=0),
-      train_epoch=train_epoch,
-      evaluate=evaluate,
-      predict=predict,
+      train_epoch=jax.jit(train_epoch, donate_argnums=0),
+      evaluate=jax.jit(evaluate),
+      predict=jax.jit(predict),
+      init_members=jax.jit(over(init, (0, 0))),
+      train_members=jax.jit(train_members, donate_argnums=0),
+      evaluate_members=jax.jit(over(evaluate, (0, None, None))),
+      predict_members=jax.jit(over(predict, (0, None))),
     )
 
   def model(self, state: TrainState, train: bool = False) -> nnx.Module:
-    """A stateful module view of `state` (for inspection, export, plotting)."""
+    """A stateful module view of one member's `state` (for inspection, export, plotting)."""
     graphdef = self.train_graphdef if train else self.eval_graphdef
     return nnx.merge(graphdef, state.params, state.model_state)
+
+
+def member(tree, index: int):
+  """Member `index` of a stacked pytree (a TrainState, EarlyStopping, metrics)."""
+  return jax.tree.map(lambda x: x[index], tree)
 
 
 def _epoch_batches(key, num_examples: int, batch_size: int):
@@ -259,7 +352,6 @@ def make_train_epoch(graphdef, tx, preprocess, loss_fn, batch_size: int):
     )
     return state, {"loss": loss, "correct": correct, "count": weights.sum()}
 
-  @partial(jax.jit, donate_argnums=0)
   def train_epoch(state: TrainState, images_Nx28x28, labels_N, key):
     shuffle_key, dropout_key = jax.random.split(key)
     indices, weights = _epoch_batches(shuffle_key, labels_N.shape[0], batch_size)
@@ -289,7 +381,6 @@ def make_evaluate(graphdef, preprocess, batch_size: int):
     model = nnx.merge(graphdef, state.params, state.model_state)
     return model(preprocess(images))
 
-  @jax.jit
   def evaluate(state: TrainState, images_Nx28x28, labels_N):
     weights = jnp.ones(labels_N.shape, jnp.float32)
     batches = tuple(_padded_batches(a, batch_size) for a in (images_Nx28x28, labels_N, weights))
@@ -307,7 +398,6 @@ def make_evaluate(graphdef, preprocess, batch_size: int):
     init = (jnp.zeros((data.NUM_CLASSES, data.NUM_CLASSES), jnp.int32), jnp.zeros(()))
     return jax.lax.scan(body, init, batches)[0]
 
-  @jax.jit
   def predict(state: TrainState, images_Nx28x28):
     batches = _padded_batches(images_Nx28x28, batch_size)
     logits = jax.lax.map(partial(logits_fn, state), batches)
@@ -325,50 +415,152 @@ def evaluate_splits(trainer: Trainer, state: TrainState, splits: dict) -> dict[s
   return results
 
 
+def evaluate_members(trainer: Trainer, state: TrainState, splits: dict) -> list[dict[str, dict]]:
+  """`evaluate_splits` for stacked members, one vmapped call per split: a list per member."""
+  by_member = [{} for _ in range(trainer.num_members)]
+  for name, (images, labels) in splits.items():
+    confusion_M, loss_sum_M = jax.device_get(trainer.evaluate_members(state, images, labels))
+    for index, split_metrics in enumerate(by_member):
+      split_metrics[name] = metrics.summarize(
+        confusion_M[index], loss_sum_M[index], labels.shape[0]
+      )
+  return by_member
+
+
 def epoch_key(seed: int, stream: int, epoch: int):
   """The key of one epoch: a pure function of (seed, stream, epoch), so resumes replay it."""
   return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), stream), epoch)
 
 
-def _check_finite(step_metrics: dict, epoch: int, steps_done: int, config: ConfigDict):
-  losses = np.asarray(step_metrics["loss"])
-  bad = np.flatnonzero(~np.isfinite(losses))
-  if bad.size:
-    raise FloatingPointError(
-      f"training loss became {losses[bad[0]]} at step {steps_done + bad[0] + 1} "
-      f"(epoch {epoch + 1}); the last good checkpoint is kept. Lower "
-      f"optimizer.learning_rate (now {config.optimizer.learning_rate}) or use "
-      f"data.preprocessing='scale01'."
-    )
+# Every member's key of one (stream, epoch); a member's keys are those of a single run
+# with its seed, so member m of a vmapped run reproduces `--config.seed=<its seed>`.
+_member_epoch_keys = jax.jit(jax.vmap(epoch_key, in_axes=(0, None, None)))
+_member_init_keys = jax.jit(
+  jax.vmap(lambda seed: jax.random.fold_in(jax.random.key(seed), _TRAIN_STREAM))
+)
 
 
-def _pretrain(config, trainer_args, state: TrainState, device_data, log) -> TrainState:
-  """Trains the autoencoder on reconstruction; returns a state with its own, fresh optimizer."""
-  pre = config.pretrain
-  tx = optax.adam(
-    pre.learning_rate, b1=config.optimizer.b1, b2=config.optimizer.b2, eps=config.optimizer.eps
+@dataclasses.dataclass(frozen=True)
+class Members:
+  """The models one program trains together: each one's seed and optimizer hyperparameters."""
+
+  seeds: tuple[int, ...]
+  hyperparams: dict[str, tuple[float, ...]]  # optimizer hyperparameter -> value per member
+
+  def __len__(self) -> int:
+    return len(self.seeds)
+
+  def describe(self, index: int) -> dict[str, float]:
+    """Member `index`'s hyperparameters as dotted config keys."""
+    return {f"optimizer.{name}": values[index] for name, values in self.hyperparams.items()}
+
+  def stacked_hyperparams(self) -> dict[str, jax.Array]:
+    return {name: jnp.asarray(values, jnp.float32) for name, values in self.hyperparams.items()}
+
+
+def members_of(config: ConfigDict) -> Members:
+  """`config.num_seeds` members with seeds seed, seed + 1, ... and the config's hyperparameters."""
+  seeds = tuple(config.seed + index for index in range(config.num_seeds))
+  return Members(
+    seeds=seeds,
+    hyperparams={
+      name: (value,) * len(seeds) for name, value in default_hyperparams(config.optimizer).items()
+    },
   )
-  trainer = Trainer.create(config, *trainer_args, loss_fn=reconstruction_loss(pre.loss), tx=tx)
-  # A copy: train_epoch donates its state, and `state` must stay valid for the caller.
-  pre_state = jax.tree.map(jnp.copy, state).replace(opt_state=tx.init(state.params))
+
+
+def _first_non_finite(step_metrics: dict) -> list[int | None]:
+  """Per member: the index of the first step whose loss is NaN or inf, or None."""
+  finite_MxS = np.isfinite(np.asarray(step_metrics["loss"]))
+  return [None if row.all() else int(np.argmin(row)) for row in finite_MxS]
+
+
+def _non_finite_error(loss, step: int, epoch: int, learning_rate: float) -> FloatingPointError:
+  return FloatingPointError(
+    f"training loss became {loss} at step {step} (epoch {epoch + 1}); the last good checkpoint "
+    f"is kept. Lower optimizer.learning_rate (now {learning_rate:g}) or use "
+    f"data.preprocessing='scale01'."
+  )
+
+
+def _pretrain(config, trainer_args, members: Members, state, device_data, log) -> TrainState:
+  """Trains the autoencoders on reconstruction; returns states with their own, fresh optimizer."""
+  pre = config.pretrain
+
+  def make_tx():
+    return optax.adam(
+      pre.learning_rate, b1=config.optimizer.b1, b2=config.optimizer.b2, eps=config.optimizer.eps
+    )
+
+  trainer = Trainer.create(
+    config,
+    *trainer_args,
+    loss_fn=reconstruction_loss(pre.loss),
+    make_tx=make_tx,
+    num_members=len(members),
+  )
+  # A copy: train_members donates its state, and `state` must stay valid for the caller.
+  pre_state = jax.tree.map(jnp.copy, state)
+  pre_state = pre_state.replace(opt_state=jax.vmap(make_tx().init)(pre_state.params))
   images, labels = device_data["train"]
+  active = jnp.ones((len(members),), bool)
+  seeds = jnp.asarray(members.seeds, jnp.int32)
   for epoch in range(pre.num_epochs):
-    pre_state, step_metrics = trainer.train_epoch(
-      pre_state, images, labels, epoch_key(config.seed, _PRETRAIN_STREAM, epoch)
+    pre_state, step_metrics = trainer.train_members(
+      pre_state, active, images, labels, _member_epoch_keys(seeds, _PRETRAIN_STREAM, epoch)
     )
-    _check_finite(step_metrics, epoch, 0, config)
-    log(
-      {
-        "phase": "pretrain",
-        "epoch": epoch + 1,
-        "pretrain/loss": float(np.mean(step_metrics["loss"])),
-      }
-    )
+    losses_MxS = np.asarray(step_metrics["loss"])
+    for index, first_bad in enumerate(_first_non_finite(step_metrics)):
+      if first_bad is not None:
+        raise _non_finite_error(
+          losses_MxS[index, first_bad], first_bad + 1, epoch, pre.learning_rate
+        )
+      log(
+        {
+          "phase": "pretrain",
+          "epoch": epoch + 1,
+          "member": index,
+          "seed": members.seeds[index],
+          "pretrain/loss": float(np.mean(losses_MxS[index])),
+        }
+      )
   return pre_state
 
 
-def fit(config: ConfigDict, workdir: str | pathlib.Path, *, show_progress: bool = True) -> dict:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns results."""
+_VAL_KEYS = ("loss", "accuracy", "precision_macro", "recall_macro", "f1_macro")
+
+
+def protocol(config: ConfigDict, dataset: data.Dataset) -> str:
+  """How the numbers were made, in one line (for tables and results.json)."""
+  sizes = f"train {len(dataset.train):,}"
+  if dataset.validation is not None:
+    split = config.data.validation_split
+    seed = f" seed {config.data.split_seed}" if split == "random" else ""
+    sizes += f" / val {len(dataset.validation):,} ({split} split{seed})"
+  sizes += f" / test {len(dataset.test):,}"
+  es = config.early_stopping
+  stopping = (
+    f"early stopping on val loss (patience {es.patience})"
+    + (", best weights restored" if es.restore_best else "")
+    if es.enabled
+    else f"{config.num_epochs} epochs"
+  )
+  return f"{sizes}; inputs {config.data.preprocessing}; {stopping}"
+
+
+def fit(
+  config: ConfigDict,
+  workdir: str | pathlib.Path,
+  *,
+  show_progress: bool = True,
+  members: Members | None = None,
+) -> dict:
+  """Trains `config`'s members in `workdir` (resuming from its latest checkpoint).
+
+  All members (`config.num_seeds` seeds, or the given `members`) train in one
+  vmapped program; each has its own keys, hyperparameters and early stopping.
+  Returns the results: per member, and mean/std/min/max over members.
+  """
   start_time = time.time()
   workdir = pathlib.Path(workdir)
   config_checks.check(config)  # before any data is read or anything compiles
@@ -388,13 +580,23 @@ def fit(config: ConfigDict, workdir: str | pathlib.Path, *, show_progress: bool 
     name: (jax.device_put(split.images), jax.device_put(split.labels))
     for name, split in dataset.splits().items()
   }
+  members = members or members_of(config)
+  num_members = len(members)
+  seeds = jnp.asarray(members.seeds, jnp.int32)
   trainer_args = (dataset.train.images, len(dataset.train))
-  trainer = Trainer.create(config, *trainer_args)
-  state = trainer.init(jax.random.fold_in(jax.random.key(config.seed), _TRAIN_STREAM))
-  num_params = models.count_params(trainer.model(state))
-  early = EarlyStopping.create(state)
+  trainer = Trainer.create(config, *trainer_args, num_members=num_members)
+  state = trainer.init_members(_member_init_keys(seeds), members.stacked_hyperparams())
+  num_params = models.count_params(trainer.model(member(state, 0)))
+  early = EarlyStopping.create(state, num_members)
   es_config = config.early_stopping
   has_val = "val" in device_data
+  update_members = jax.jit(
+    jax.vmap(
+      partial(update_early_stopping, patience=es_config.patience, min_delta=es_config.min_delta),
+      in_axes=(0, 0, 0, None, 0),
+    )
+  )
+  peak_learning_rates = np.asarray(members.hyperparams["learning_rate"])
 
   start_epoch = 0
   restored = run.restore_latest({"state": state, "early_stopping": early})
@@ -402,84 +604,176 @@ def fit(config: ConfigDict, workdir: str | pathlib.Path, *, show_progress: bool 
     start_epoch, payload = restored
     state, early = payload["state"], payload["early_stopping"]
   elif config.pretrain.num_epochs > 0:
-    pretrained = _pretrain(config, trainer_args, state, device_data, run.log_metrics)
+    pretrained = _pretrain(config, trainer_args, members, state, device_data, run.log_metrics)
     state = state.replace(
       params=pretrained.params,
       model_state=pretrained.model_state,
-      opt_state=trainer.tx.init(pretrained.params),
+      opt_state=trainer.init_members(
+        _member_init_keys(seeds), members.stacked_hyperparams()
+      ).opt_state,
     )
-    early = EarlyStopping.create(state)
+    early = EarlyStopping.create(state, num_members)
+
+  def active_members() -> np.ndarray:
+    stopped, diverged = jax.device_get((early.stopped, early.diverged))
+    return ~diverged & ~(stopped & es_config.enabled)
 
   bar = progress_lib.EpochBar(
     config.num_epochs, start_epoch, enabled=show_progress, desc=config.model.name
   )
-  stop = bool(early.stopped) and es_config.enabled
   try:
     for epoch in range(start_epoch, config.num_epochs):
-      if stop:
+      active = active_members()
+      if not active.any():
         break
       epoch_start = time.time()
-      steps_before = int(state.step)
-      state, step_metrics = trainer.train_epoch(
-        state, *device_data["train"], epoch_key(config.seed, _TRAIN_STREAM, epoch)
+      steps_before = np.asarray(state.step)
+      state, step_metrics = trainer.train_members(
+        state,
+        jnp.asarray(active),
+        *device_data["train"],
+        _member_epoch_keys(seeds, _TRAIN_STREAM, epoch),
       )
       step_metrics = jax.device_get(step_metrics)
-      _check_finite(step_metrics, epoch, steps_before, config)
-      record = {
-        "epoch": epoch + 1,
-        "train/loss": float(
-          np.sum(step_metrics["loss"] * step_metrics["count"]) / np.sum(step_metrics["count"])
-        ),
-        "train/accuracy": float(np.sum(step_metrics["correct"]) / np.sum(step_metrics["count"])),
-        "learning_rate": float(trainer.schedule(steps_before)),
-      }
+      diverged_now = np.zeros(num_members, bool)
+      for index, first_bad in enumerate(_first_non_finite(step_metrics)):
+        if first_bad is None or not active[index]:
+          continue
+        error = _non_finite_error(
+          step_metrics["loss"][index, first_bad],
+          int(steps_before[index]) + first_bad + 1,
+          epoch,
+          float(peak_learning_rates[index]),
+        )
+        if num_members == 1:
+          raise error
+        diverged_now[index] = True
+        described = ", ".join(f"{k}={v:g}" for k, v in members.describe(index).items())
+        print(
+          f"warning: member {index} (seed {members.seeds[index]}, {described}) diverged: its "
+          f"training loss became {step_metrics['loss'][index, first_bad]} in epoch {epoch + 1}. "
+          f"It is frozen and reported as diverged; the other members go on.",
+          file=sys.stderr,
+        )
+      if diverged_now.any() and not (active & ~diverged_now).any():
+        raise FloatingPointError(f"every member diverged by epoch {epoch + 1}; {error}")
+      if diverged_now.any():
+        early = early.replace(diverged=early.diverged | jnp.asarray(diverged_now))
+      learning_rates = peak_learning_rates * float(trainer.schedule(int(steps_before.max())))
+      counts_M = step_metrics["count"].sum(axis=1)
+      records = [
+        {
+          "epoch": epoch + 1,
+          "member": index,
+          "seed": members.seeds[index],
+          "train/loss": float(
+            np.sum(step_metrics["loss"][index] * step_metrics["count"][index]) / counts_M[index]
+          ),
+          "train/accuracy": float(step_metrics["correct"][index].sum() / counts_M[index]),
+          "learning_rate": float(learning_rates[index]),
+        }
+        for index in range(num_members)
+      ]
       if has_val:
-        val = metrics.summarize(
-          *trainer.evaluate(state, *device_data["val"]), count=device_data["val"][1].shape[0]
-        )
-        record.update(
-          {
-            f"val/{k}": val[k]
-            for k in ("loss", "accuracy", "precision_macro", "recall_macro", "f1_macro")
-          }
-        )
-        early = update_early_stopping(
+        val_metrics = [
+          split["val"] for split in evaluate_members(trainer, state, {"val": device_data["val"]})
+        ]
+        for record, val in zip(records, val_metrics, strict=True):
+          record.update({f"val/{key}": val[key] for key in _VAL_KEYS})
+        previous_best = np.asarray(early.best_epoch)
+        early = update_members(
           early,
           state,
-          jnp.float32(val["loss"]),
+          jnp.asarray([val["loss"] for val in val_metrics], jnp.float32),
           epoch,
-          patience=es_config.patience,
-          min_delta=es_config.min_delta,
+          jnp.asarray(active & ~diverged_now),
         )
-        stop = es_config.enabled and bool(early.stopped)
-      record["seconds"] = time.time() - epoch_start
-      run.log_metrics(record)
+        improved = np.asarray(early.best_epoch) != previous_best
+      seconds = time.time() - epoch_start
+      active_records = [records[index] for index in np.flatnonzero(active)]
+      for record in active_records:
+        record["seconds"] = seconds
+        run.log_metrics(record)
       run.save(
         epoch + 1,
         {"state": state, "early_stopping": early},
-        best=has_val and int(early.best_epoch) == epoch,
+        best=has_val and bool(improved.any()),
+        best_payload={"params": early.best_params, "model_state": early.best_model_state},
       )
-      bar.update(record)
+      bar.update(_mean_record(active_records, num_active=int(active.sum())))
   finally:
     # A NaN or Ctrl-C must not cut off an asynchronous save of the last good epoch.
     bar.close()
     run.wait()
 
-  final_state = state
-  # As Keras: best weights come back only with EarlyStopping(restore_best_weights=True).
-  if has_val and es_config.enabled and es_config.restore_best and int(early.best_epoch) >= 0:
-    final_state = state.replace(params=early.best_params, model_state=early.best_model_state)
+  stopped, diverged, best_epoch = jax.device_get((early.stopped, early.diverged, early.best_epoch))
+  final_state, restore = final_states(config, state, early, has_validation=has_val)
+  # One vmapped forward pass per split gives every member's metrics and the ensembles'.
+  scored = ensemble.score(
+    {
+      name: trainer.predict_members(final_state, images)
+      for name, (images, _) in device_data.items()
+    },
+    {name: labels for name, (_, labels) in device_data.items()},
+  )
+  member_metrics = scored["members"]
+  steps = np.asarray(state.step)
   results = {
     "model": config.model.name,
     "num_params": num_params,
-    "epochs_trained": int(state.step) // trainer.steps_per_epoch,
-    "stopped_early": bool(stop),
-    "best_epoch": int(early.best_epoch) + 1 if has_val else None,
-    "restored_best": final_state is not state,
+    "num_members": num_members,
+    "protocol": protocol(config, dataset),
     "data": dataset.source,
-    "metrics": evaluate_splits(trainer, final_state, device_data),
+    "summary": metrics.across_members(member_metrics),
+    "members": [
+      {
+        "member": index,
+        "seed": members.seeds[index],
+        "hyperparameters": members.describe(index),
+        "epochs_trained": int(steps[index]) // trainer.steps_per_epoch,
+        "stopped_early": bool(es_config.enabled and stopped[index]),
+        "diverged": bool(diverged[index]),
+        "best_epoch": int(best_epoch[index]) + 1 if has_val and best_epoch[index] >= 0 else None,
+        "restored_best": bool(restore[index]),
+        "metrics": member_metrics[index],
+      }
+      for index in range(num_members)
+    ],
     "wall_seconds": time.time() - start_time,
   }
+  if num_members > 1 and all(len(set(v)) == 1 for v in members.hyperparams.values()):
+    # Seeds of one recipe: their ensemble is free to score, and worth knowing.
+    results["ensemble"] = {"rules": scored["rules"], "gain": ensemble.best_member_gain(scored)}
   run.write_results(results)
   run.close()
   return results
+
+
+def final_states(
+  config: ConfigDict, state: TrainState, early: EarlyStopping, *, has_validation: bool
+) -> tuple[TrainState, np.ndarray]:
+  """The members' reported weights, and per member whether they are its best epoch's.
+
+  As Keras: best weights come back only with EarlyStopping(restore_best_weights=True).
+  """
+  es_config = config.early_stopping
+  restore = (np.asarray(early.best_epoch) >= 0) & bool(
+    has_validation and es_config.enabled and es_config.restore_best
+  )
+  best = state.replace(params=early.best_params, model_state=early.best_model_state)
+  return _select(jnp.asarray(restore), best, state), restore
+
+
+def _mean_record(records: list[dict], num_active: int) -> dict:
+  """The progress bar's view of an epoch: each metric's mean over the active members."""
+  mean = {
+    key: float(np.mean([record[key] for record in records]))
+    for key in records[0]
+    if key.startswith(("train/", "val/"))
+  }
+  return {
+    **mean,
+    "epoch": records[0]["epoch"],
+    "seconds": records[0]["seconds"],
+    "members": num_active,
+  }

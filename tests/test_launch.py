@@ -26,10 +26,26 @@ def test_one_command_trains_evaluates_and_checkpoints(real_data_dir, tmp_path):
   assert "train " in result.stdout and "test " in result.stdout and "Ankle boot" in result.stdout
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["num_params"] == 266_610
-  assert results["metrics"]["test"]["accuracy"] > 0.7
-  assert len(results["metrics"]["test"]["f1"]) == 10
+  assert results["members"][0]["metrics"]["test"]["accuracy"] > 0.7
+  assert len(results["members"][0]["metrics"]["test"]["f1"]) == 10
   assert json.loads((tmp_path / "config.json").read_text())["optimizer"]["momentum"] == 0.9
   assert (tmp_path / "checkpoints" / "1").is_dir() and any((tmp_path / "best").iterdir())
+
+
+def test_seeds_report_mean_and_std_and_every_member(real_data_dir, tmp_path):
+  result = launch(
+    "--config=configs/mlp_baseline.py",
+    "--config.num_epochs=1",
+    "--config.num_seeds=2",
+    workdir=tmp_path,
+  )
+  assert result.returncode == 0, result.stderr
+  assert "+-" in result.stdout and "over 2 members" in result.stdout
+  assert "train 50,000 / val 10,000 (tail split) / test 10,000" in result.stdout
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert [member["seed"] for member in results["members"]] == [0, 1]
+  accuracies = [member["metrics"]["test"]["accuracy"] for member in results["members"]]
+  assert results["summary"]["test"]["accuracy"]["mean"] == pytest.approx(sum(accuracies) / 2)
 
 
 @pytest.mark.parametrize(
@@ -56,6 +72,9 @@ def test_one_command_trains_evaluates_and_checkpoints(real_data_dir, tmp_path):
     (["--config=configs/cnn.py", "--config.conv_impl=cudnn"], "conv_impl"),
     (["--config=configs/mlp_baseline.py", "--config.pretrain.num_epochs=2"], "autoencoder"),
     (["--config=configs/cnn.py", "--config.data.validation_size=0"], "early_stopping"),
+    (["--config=configs/cnn.py", "--config.num_seeds=0"], "num_seeds=0: must be a positive"),
+    (["--config=configs/cnn.py", "--config.sweep.grid=optimizer.lr=1,2"], "unknown config key"),
+    (["--config=configs/cnn.py", "--config.sweep.metric=val/acc"], "sweep.metric"),
   ],
 )
 def test_mistakes_get_one_clear_line_and_status_2(args, message, tmp_path):

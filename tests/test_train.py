@@ -8,49 +8,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from ml_collections import ConfigDict
+from small import NUM_TRAIN, small_config
 
-from configs import base
 from fmnist_jax import data, train
 
-NUM_TRAIN, NUM_VAL, NUM_TEST = 2_000, 500, 1_000
 CHANCE = 1 / data.NUM_CLASSES
-
-
-@pytest.fixture(scope="module")
-def small_dataset(real_data_dir):
-  """The first 2,000 / 500 / 1,000 real images: large enough to learn, small enough to be fast."""
-  train_split, test_split = data.load_arrays(real_data_dir)
-
-  def head(split, start, count):
-    return data.Split(split.images[start : start + count], split.labels[start : start + count])
-
-  return data.Dataset(
-    train=head(train_split, 0, NUM_TRAIN),
-    validation=head(train_split, NUM_TRAIN, NUM_VAL),
-    test=head(test_split, 0, NUM_TEST),
-    source="test subset",
-  )
-
-
-@pytest.fixture
-def use_small_dataset(monkeypatch, small_dataset):
-  monkeypatch.setattr(data, "load", lambda config: small_dataset)
-  return small_dataset
-
-
-def small_config(**overrides) -> ConfigDict:
-  config = base.get_config()
-  config.model = ConfigDict({"name": "mlp", "hidden_sizes": (64,), "dropout_rates": 0.1})
-  config.batch_size = 64
-  config.num_epochs = 3
-  config.checkpoint.max_to_keep = 2
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split(".")
-    for parent in parents:
-      target = target[parent]
-    target[leaf] = value
-  return config
 
 
 def _final_params(workdir):
@@ -63,7 +25,7 @@ def _final_params(workdir):
 
 def test_mlp_learns_well_above_chance(use_small_dataset, tmp_path):
   results = train.fit(small_config(), tmp_path, show_progress=False)
-  assert results["metrics"]["test"]["accuracy"] > 0.7 > 5 * CHANCE
+  assert results["members"][0]["metrics"]["test"]["accuracy"] > 0.7 > 5 * CHANCE
   history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["epoch"] for r in history] == [1, 2, 3]
   assert history[-1]["train/loss"] < history[0]["train/loss"]
@@ -75,10 +37,13 @@ def test_same_seed_is_bit_identical_and_another_seed_is_not(use_small_dataset, t
     train.fit(small_config(num_epochs=2, seed=seed), tmp_path / str(i), show_progress=False)
     for i, seed in enumerate([0, 0, 1])
   ]
-  assert runs[0]["metrics"] == runs[1]["metrics"]
+  assert runs[0]["members"][0]["metrics"] == runs[1]["members"][0]["metrics"]
   for a, b in zip(_final_params(tmp_path / "0"), _final_params(tmp_path / "1"), strict=True):
     np.testing.assert_array_equal(a, b)
-  assert runs[0]["metrics"]["val"]["loss"] != runs[2]["metrics"]["val"]["loss"]
+  assert (
+    runs[0]["members"][0]["metrics"]["val"]["loss"]
+    != runs[2]["members"][0]["metrics"]["val"]["loss"]
+  )
 
 
 def test_resume_continues_exactly_where_it_stopped(use_small_dataset, tmp_path):
@@ -88,7 +53,7 @@ def test_resume_continues_exactly_where_it_stopped(use_small_dataset, tmp_path):
   train.fit(config, tmp_path / "resumed", show_progress=False)
   config.num_epochs = 3
   resumed = train.fit(config, tmp_path / "resumed", show_progress=False)
-  assert resumed["metrics"] == uninterrupted["metrics"]
+  assert resumed["members"] == uninterrupted["members"]
   for a, b in zip(
     _final_params(tmp_path / "whole"), _final_params(tmp_path / "resumed"), strict=True
   ):
@@ -177,10 +142,12 @@ def test_early_stopping_restores_the_best_weights(use_small_dataset, tmp_path):
     },
   )
   results = train.fit(config, tmp_path, show_progress=False)
-  assert results["epochs_trained"] == 2 and results["stopped_early"]
-  assert results["best_epoch"] == 1 and results["restored_best"]
+  assert results["members"][0]["epochs_trained"] == 2 and results["members"][0]["stopped_early"]
+  assert results["members"][0]["best_epoch"] == 1 and results["members"][0]["restored_best"]
   first_epoch = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
-  assert results["metrics"]["val"]["loss"] == pytest.approx(first_epoch["val/loss"], rel=1e-6)
+  assert results["members"][0]["metrics"]["val"]["loss"] == pytest.approx(
+    first_epoch["val/loss"], rel=1e-6
+  )
 
 
 def test_non_finite_loss_stops_with_a_message_naming_the_fix(
@@ -204,7 +171,7 @@ def test_autoencoder_pretraining_lowers_reconstruction_loss(use_small_dataset, t
   history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   pretrain = [r["pretrain/loss"] for r in history if r.get("phase") == "pretrain"]
   assert len(pretrain) == 2 and pretrain[1] < pretrain[0]
-  assert results["metrics"]["test"]["accuracy"] > 2 * CHANCE
+  assert results["members"][0]["metrics"]["test"]["accuracy"] > 2 * CHANCE
 
 
 def test_the_jitted_train_step_is_the_scanned_epochs_step(small_dataset):
@@ -227,12 +194,86 @@ def test_the_jitted_train_step_is_the_scanned_epochs_step(small_dataset):
 
 def test_batch_norm_statistics_train_in_the_scanned_epoch(use_small_dataset, tmp_path):
   config = small_config(num_epochs=1)
-  config.model = ConfigDict({"name": "cnn", "conv_features": (8, 16), "dense_sizes": (32,),
-                             "batch_norm": True, "conv_dropout_rates": 0.1})
+  config.model = ConfigDict(
+    {
+      "name": "cnn",
+      "conv_features": (8, 16),
+      "dense_sizes": (32,),
+      "batch_norm": True,
+      "conv_dropout_rates": 0.1,
+    }
+  )
   results = train.fit(config, tmp_path, show_progress=False)
-  assert results["metrics"]["test"]["accuracy"] > 3 * CHANCE
+  assert results["members"][0]["metrics"]["test"]["accuracy"] > 3 * CHANCE
   manager = ocp.CheckpointManager(tmp_path / "checkpoints")
   statistics = jax.tree.leaves(manager.restore(1)["state"]["model_state"])
   manager.close()
   assert statistics and all(np.abs(np.asarray(s)).sum() > 0 for s in statistics)
   assert any(not np.allclose(s, 1.0) and not np.allclose(s, 0.0) for s in statistics)
+
+
+def _member_lines(workdir, index):
+  lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [line for line in lines if line["member"] == index]
+
+
+def test_each_vmapped_member_equals_a_separate_run_with_its_seed(use_small_dataset, tmp_path):
+  together = train.fit(small_config(num_epochs=2, num_seeds=3), tmp_path / "3", show_progress=False)
+  alone = train.fit(small_config(num_epochs=2, seed=2), tmp_path / "1", show_progress=False)
+  assert [m["seed"] for m in together["members"]] == [0, 1, 2]
+  vmapped, single = together["members"][2]["metrics"], alone["members"][0]["metrics"]
+  for split in ("train", "val", "test"):
+    assert vmapped[split]["loss"] == pytest.approx(single[split]["loss"], rel=1e-4)
+    assert vmapped[split]["accuracy"] == pytest.approx(single[split]["accuracy"], abs=2e-3)
+  for a, b in zip(_final_params(tmp_path / "3"), _final_params(tmp_path / "1"), strict=True):
+    np.testing.assert_allclose(a[2], b[0], rtol=1e-4, atol=1e-5)
+  # Different seeds really are different models, and the summary is their statistics.
+  accuracies = [m["metrics"]["test"]["accuracy"] for m in together["members"]]
+  assert len(set(accuracies)) > 1
+  stats = together["summary"]["test"]["accuracy"]
+  assert stats["mean"] == pytest.approx(np.mean(accuracies))
+  assert stats["std"] == pytest.approx(np.std(accuracies, ddof=1))
+  assert (stats["min"], stats["max"]) == (min(accuracies), max(accuracies))
+  assert [r["epoch"] for r in _member_lines(tmp_path / "3", 1)] == [1, 2]
+
+
+def test_a_stopped_member_keeps_its_weights_while_the_others_train(small_dataset):
+  config = small_config()
+  trainer = train.Trainer.create(config, small_dataset.train.images, NUM_TRAIN, num_members=2)
+  state = trainer.init_members(
+    jax.random.split(jax.random.key(0), 2), {"learning_rate": jnp.full((2,), 1e-3)}
+  )
+  before = jax.tree.map(np.asarray, state)
+  images, labels = (
+    jnp.asarray(a) for a in (small_dataset.train.images, small_dataset.train.labels)
+  )
+  state, _ = trainer.train_members(
+    state, jnp.array([True, False]), images, labels, jax.random.split(jax.random.key(1), 2)
+  )
+  for old, new in zip(jax.tree.leaves(before), jax.tree.leaves(state), strict=True):
+    np.testing.assert_array_equal(old[1], new[1])  # frozen, optimizer state and step included
+  moved = [
+    not np.array_equal(old[0], new[0])
+    for old, new in zip(jax.tree.leaves(before.params), jax.tree.leaves(state.params), strict=True)
+  ]
+  assert all(moved)
+
+
+def test_members_stop_early_independently():
+  # Member 0 stops after epoch 2 (patience 1); member 1 keeps improving.
+  val_losses = np.array([[1.0, 2.0, 0.1, 0.1], [1.0, 0.9, 0.8, 0.7]], np.float32)
+  state = train.TrainState(
+    step=jnp.zeros((2,)), params={"w": jnp.zeros((2,))}, model_state={}, opt_state=()
+  )
+  es = train.EarlyStopping.create(state, num_members=2)
+  update = jax.vmap(
+    lambda *args: train.update_early_stopping(*args, patience=1, min_delta=0.0),
+    in_axes=(0, 0, 0, None, 0),
+  )
+  for epoch in range(4):
+    active = ~np.asarray(es.stopped)
+    state = state.replace(params={"w": jnp.full((2,), float(epoch))})
+    es = update(es, state, jnp.asarray(val_losses[:, epoch]), epoch, jnp.asarray(active))
+  assert np.asarray(es.stopped).tolist() == [True, False]
+  assert np.asarray(es.best_epoch).tolist() == [0, 3]  # member 0's later 0.1 came after its stop
+  assert np.asarray(es.best_params["w"]).tolist() == [0.0, 3.0]

@@ -1,0 +1,103 @@
+"""The ensemble evaluator: rules against a NumPy hand computation, identical members, runs."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from small import small_config
+
+from fmnist_jax import ensemble, runs, train
+
+
+def _logits(seed, shape):
+  return np.random.default_rng(seed).normal(size=shape).astype(np.float32) * 3
+
+
+def _softmax(x):
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def test_identical_members_score_as_the_single_model():
+  logits = _logits(0, (500, 10))
+  labels = np.random.default_rng(1).integers(0, 10, 500)
+  single = ensemble.score({"test": logits[None]}, {"test": labels})
+  stacked = ensemble.score({"test": np.stack([logits] * 4)}, {"test": labels})
+  for rule in ensemble.RULES:
+    assert (
+      stacked["rules"][rule]["test"]["confusion_matrix"]
+      == single["members"][0]["test"]["confusion_matrix"]
+    )
+    assert stacked["rules"][rule]["test"]["accuracy"] == pytest.approx(
+      float(np.mean(logits.argmax(-1) == labels))
+    )
+
+
+def test_two_members_match_a_hand_computation():
+  logits = np.stack([_logits(2, (400, 10)), _logits(3, (400, 10))])
+  labels = np.random.default_rng(4).integers(0, 10, 400)
+  scored = ensemble.score({"test": logits}, {"test": labels})
+  by_hand = {
+    "softmax_sum": (_softmax(logits[0]) + _softmax(logits[1])).argmax(-1),
+    "mean_logit": ((logits[0] + logits[1]) / 2).argmax(-1),
+  }
+  # Two voters: agreement wins; a 1-1 split goes to whichever of the two voted classes has
+  # more summed probability.
+  choices = logits.argmax(-1)
+  summed = _softmax(logits[0]) + _softmax(logits[1])
+  rows = np.arange(400)
+  by_hand["vote"] = np.where(
+    summed[rows, choices[0]] >= summed[rows, choices[1]], choices[0], choices[1]
+  )
+  for rule, predictions in by_hand.items():
+    expected = float(np.mean(predictions == labels))
+    assert scored["rules"][rule]["test"]["accuracy"] == pytest.approx(expected), rule
+  for index in range(2):
+    member = scored["members"][index]["test"]
+    assert member["accuracy"] == pytest.approx(float(np.mean(logits[index].argmax(-1) == labels)))
+    log_probabilities = np.log(_softmax(logits[index].astype(np.float64)))
+    expected_loss = -log_probabilities[np.arange(400), labels].mean()
+    assert member["loss"] == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_majority_vote_overrules_a_confident_member():
+  confident = np.full((1, 10), -10.0, np.float32)
+  confident[0, 3] = 10.0  # very sure of class 3
+  mild = np.zeros((1, 10), np.float32)
+  mild[0, 5] = 1.0  # mildly prefers class 5
+  logits = np.stack([confident, mild, mild])
+  assert int(ensemble.combine(logits, "vote")[0]) == 5
+  assert int(ensemble.combine(logits, "softmax_sum")[0]) == 3
+
+
+def test_runs_of_two_workdirs_form_an_ensemble(use_small_dataset, tmp_path):
+  first = train.fit(small_config(num_epochs=2, num_seeds=2), tmp_path / "a", show_progress=False)
+  second = train.fit(
+    small_config(num_epochs=2, **{"model.hidden_sizes": (32, 16)}),
+    tmp_path / "b",
+    show_progress=False,
+  )
+  assert "ensemble" in first and "ensemble" not in second
+  result = runs.evaluate_ensemble([tmp_path / "a", tmp_path / "b"])
+  assert result["member_names"] == ["a/seed0", "a/seed1", "b/seed0"]
+  # Members read back from their checkpoints score exactly as their runs reported.
+  reported = [m["metrics"] for m in first["members"] + second["members"]]
+  for restored, expected in zip(result["members"], reported, strict=True):
+    assert restored["test"]["confusion_matrix"] == expected["test"]["confusion_matrix"]
+  assert 0.5 < result["rules"]["softmax_sum"]["test"]["accuracy"] <= 1
+  json.dumps(result)  # serializable as ensemble.json
+
+
+def test_an_unfinished_run_is_named(tmp_path):
+  with pytest.raises(runs.UserError, match="not a run directory"):
+    runs.load_run(tmp_path)
+  (tmp_path / "config.json").write_text("{}")
+  with pytest.raises(runs.UserError, match="has not finished"):
+    runs.load_run(tmp_path)
+
+
+def test_combine_runs_under_jit():
+  logits = jax.numpy.asarray(_logits(5, (3, 20, 10)))
+  for rule in ensemble.RULES:
+    assert jax.jit(ensemble.combine, static_argnums=1)(logits, rule).shape == (20,)

@@ -1,0 +1,118 @@
+"""Sweeps: the declaration syntax, grouping into programs, vmapped points equal separate runs."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from small import small_config
+
+from fmnist_jax import sweep, train
+from fmnist_jax.errors import ConfigError
+
+
+def test_grid_takes_every_combination_and_zip_pairs():
+  config = small_config()
+  config.sweep.grid = "optimizer.learning_rate=0.1,0.01; model.activation=relu,tanh"
+  config.sweep.zip = "model.hidden_sizes=[(32,), (64, 32)]; batch_size=32,64"
+  points = sweep.points(config)
+  assert len(points) == 2 * 2 * 2
+  assert points[0] == {
+    "optimizer.learning_rate": 0.1,
+    "model.activation": "relu",
+    "model.hidden_sizes": (32,),
+    "batch_size": 32,
+  }
+  assert {(p["model.hidden_sizes"], p["batch_size"]) for p in points} == {
+    ((32,), 32),
+    ((64, 32), 64),
+  }
+  assert sweep.points(small_config()) == [{}]
+
+
+@pytest.mark.parametrize(
+  "field,spec,message",
+  [
+    ("grid", "optimizer.learning_rate", "write KEY=V1,V2"),
+    ("grid", "optimizer.learnin_rate=0.1", 'unknown config key.*did you mean "learning_rate"'),
+    ("grid", "optimizer.learning_rate=0.1,-1", r"learning_rate=-1.*\(0.0, 10.0\]"),
+    ("grid", "batch_size=abc", "batch_size='abc' does not fit"),
+    ("zip", "optimizer.learning_rate=0.1,0.2; batch_size=32", "lengths differ"),
+    ("grid", "num_seeds=1,2", "cannot be swept"),
+    ("grid", "model.hidden_sizes=[(32,), (64,)", "not a Python list"),
+  ],
+)
+def test_a_bad_sweep_is_named_before_anything_trains(field, spec, message):
+  config = small_config()
+  config.sweep[field] = spec
+  with pytest.raises(ConfigError, match=message):
+    sweep.programs(config)
+
+
+def test_optimizer_points_share_one_program_and_shapes_get_their_own():
+  config = small_config(num_seeds=2, **{"optimizer.name": "sgd"})
+  config.sweep.grid = "optimizer.learning_rate=0.1,0.01,0.001; model.hidden_sizes=[(32,), (64,)]"
+  plan = sweep.programs(config)
+  assert [p.name for p in plan] == ["hidden_sizes-32", "hidden_sizes-64"]
+  for program, width in zip(plan, (32, 64), strict=True):
+    assert program.config.model.hidden_sizes == (width,)
+    assert program.members.seeds == (0, 1) * 3
+    np.testing.assert_allclose(
+      program.members.hyperparams["learning_rate"], [0.1] * 2 + [0.01] * 2 + [0.001] * 2
+    )
+    assert program.members.hyperparams["momentum"] == (0.0,) * 6
+
+
+def test_a_vmapped_learning_rate_sweep_equals_separate_runs(use_small_dataset, tmp_path):
+  rates = (0.3, 0.03, 0.003)
+  config = small_config(num_epochs=2, **{"optimizer.name": "sgd", "optimizer.momentum": 0.9})
+  config.sweep.grid = "optimizer.learning_rate=" + ",".join(map(str, rates))
+  swept = sweep.run(config, tmp_path / "sweep", show_progress=False)
+  assert swept["programs"] == [""]  # one program
+  for row, rate in zip(swept["rows"], rates, strict=True):
+    alone = train.fit(
+      small_config(
+        num_epochs=2,
+        **{"optimizer.name": "sgd", "optimizer.momentum": 0.9, "optimizer.learning_rate": rate},
+      ),
+      tmp_path / str(rate),
+      show_progress=False,
+    )["members"][0]["metrics"]
+    assert row["point"] == {"optimizer.learning_rate": rate}
+    for split in ("val", "test"):
+      assert row["stats"][f"{split}/loss"]["mean"] == pytest.approx(alone[split]["loss"], rel=1e-4)
+      assert row["stats"][f"{split}/accuracy"]["mean"] == pytest.approx(
+        alone[split]["accuracy"], abs=2e-3
+      )
+  losses = [row["stats"]["val/loss"]["mean"] for row in swept["rows"]]
+  assert len(set(losses)) == 3
+
+
+def test_a_sweep_writes_its_table_plots_and_survives_a_diverging_member(
+  use_small_dataset, tmp_path
+):
+  config = small_config(
+    num_epochs=2,
+    num_seeds=2,
+    **{"optimizer.name": "sgd", "optimizer.momentum": 0.9, "model.activation": "linear"},
+  )
+  # lr 10 on a linear network blows up to NaN within the first epoch; 0.01 learns.
+  config.sweep.grid = "optimizer.learning_rate=0.01,10; model.hidden_sizes=[(16,), (32,)]"
+  swept = sweep.run(config, tmp_path, show_progress=False)
+  assert len(swept["rows"]) == 4
+  for row in swept["rows"]:
+    diverging = row["point"]["optimizer.learning_rate"] == 10
+    assert row["diverged"] == (2 if diverging else 0)
+    assert (row["stats"]["val/accuracy"]["mean"] > 0.5) != diverging
+  assert swept["best"]["optimizer.learning_rate"] == 0.01
+  with (tmp_path / "sweep.csv").open() as f:
+    table = list(csv.DictReader(f))
+  assert len(table) == 4 and {"val/accuracy_mean", "test/accuracy_std"} <= set(table[0])
+  markdown = (tmp_path / "sweep.md").read_text()
+  assert markdown.count("| **0.01** |") == 1 and "(2 diverged)" in markdown
+  for name in ("sweep.png", "sweep_curves.png"):
+    assert (tmp_path / name).stat().st_size > 10_000
+  assert json.loads((tmp_path / "sweep.json").read_text())["rows"][0]["seeds"] == [0, 1]
+  # Rerunning the same sweep resumes every program instead of training again.
+  again = sweep.run(config, tmp_path, show_progress=False)
+  assert json.dumps(again["rows"]) == json.dumps(swept["rows"])  # NaNs included
