@@ -109,13 +109,13 @@ class RunDir:
       return []
     return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
 
-  def save(self, epoch: int, payload: Any, *, best: bool, best_payload: Any = None):
-    """Saves `payload` as the latest; also `best_payload` (every member's best weights)."""
+  def save(self, epoch: int, payload: Any, *, best_payload: Any = None):
+    """Saves `payload` as the latest, and `best_payload` (the best weights) when given."""
     if not self._managers:
       return
     latest, best_manager = self._managers
     latest.save(epoch, args=ocp.args.StandardSave(payload))
-    if best:
+    if best_payload is not None:
       best_manager.save(epoch, args=ocp.args.StandardSave(best_payload))
 
   def write_results(self, results: dict):

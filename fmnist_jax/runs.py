@@ -68,8 +68,7 @@ def load_run(workdir: str | pathlib.Path) -> Run:
   trainer = train.Trainer.create(
     config, dataset.train.images, len(dataset.train), num_members=len(members)
   )
-  seeds = jax.numpy.asarray(members.seeds, jax.numpy.int32)
-  state = trainer.init_members(train._member_init_keys(seeds), members.stacked_hyperparams())
+  state = trainer.init_state(members)
   run_dir = checkpoint.RunDir(workdir, config)
   restored = run_dir.restore_latest(
     {"state": state, "early_stopping": train.EarlyStopping.create(state, len(members))}

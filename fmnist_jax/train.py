@@ -215,7 +215,7 @@ class Trainer:
   train_graphdef: Any
   eval_graphdef: Any
   make_tx: Callable  # (**hyperparams) -> optax transformation
-  tx: optax.GradientTransformation  # with the config's hyperparameters (those in the state rule)
+  tx: optax.GradientTransformation  # updates read the hyperparameters from the optimizer state
   schedule: Callable  # step -> learning-rate multiplier (peak 1)
   preprocess: Callable  # uint8 images -> float32 model input
   batch_size: int
@@ -228,6 +228,7 @@ class Trainer:
   evaluate: Callable  # (state, images, labels) -> (confusion matrix, loss sum)
   predict: Callable  # (state, images) -> logits
   init_members: Callable  # (keys[M], {name: values[M]}) -> stacked TrainState
+  init_optimizer_members: Callable  # (params[M], {name: values[M]}) -> fresh opt_state[M]
   train_members: Callable  # (state, active[M], images, labels, keys[M]) -> state, metrics[M]
   evaluate_members: Callable  # (state, images, labels) -> confusion[M], loss sum[M]
   predict_members: Callable  # (state, images) -> logits[M, N, C]
@@ -258,13 +259,16 @@ class Trainer:
     tx = make_tx()
     preprocess = data.make_preprocess(config.data.preprocessing, train_images)
 
+    def init_optimizer(params, hyperparams=None):
+      return make_tx(**(hyperparams or {})).init(params)
+
     def init(key, hyperparams=None) -> TrainState:
       _, params, model_state = nnx.split(build(key), nnx.Param, ...)
       return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         model_state=model_state,
-        opt_state=make_tx(**(hyperparams or {})).init(params),
+        opt_state=init_optimizer(params, hyperparams),
       )
 
     train_step, train_epoch = make_train_epoch(
@@ -297,10 +301,15 @@ class Trainer:
       evaluate=jax.jit(evaluate),
       predict=jax.jit(predict),
       init_members=jax.jit(over(init, (0, 0))),
+      init_optimizer_members=jax.jit(over(init_optimizer, (0, 0))),
       train_members=jax.jit(train_members, donate_argnums=0),
       evaluate_members=jax.jit(over(evaluate, (0, None, None))),
       predict_members=jax.jit(over(predict, (0, None))),
     )
+
+  def init_state(self, members: "Members") -> TrainState:
+    """The members' stacked initial state; member m's is a single run's with its seed."""
+    return self.init_members(members.init_keys(), members.stacked_hyperparams())
 
   def model(self, state: TrainState, train: bool = False) -> nnx.Module:
     """A stateful module view of one member's `state` (for inspection, export, plotting)."""
@@ -406,25 +415,13 @@ def make_evaluate(graphdef, preprocess, batch_size: int):
   return evaluate, predict
 
 
-def evaluate_splits(trainer: Trainer, state: TrainState, splits: dict) -> dict[str, dict]:
-  """Full metrics (per class included) for each split of {name: (images, labels)} on device."""
-  results = {}
-  for name, (images, labels) in splits.items():
-    confusion, loss_sum = trainer.evaluate(state, images, labels)
-    results[name] = metrics.summarize(confusion, loss_sum, labels.shape[0])
-  return results
-
-
-def evaluate_members(trainer: Trainer, state: TrainState, splits: dict) -> list[dict[str, dict]]:
-  """`evaluate_splits` for stacked members, one vmapped call per split: a list per member."""
-  by_member = [{} for _ in range(trainer.num_members)]
-  for name, (images, labels) in splits.items():
-    confusion_M, loss_sum_M = jax.device_get(trainer.evaluate_members(state, images, labels))
-    for index, split_metrics in enumerate(by_member):
-      split_metrics[name] = metrics.summarize(
-        confusion_M[index], loss_sum_M[index], labels.shape[0]
-      )
-  return by_member
+def _member_val_metrics(trainer: Trainer, state: TrainState, images, labels) -> list[dict]:
+  """Every member's validation metrics from one vmapped evaluation."""
+  confusion_M, loss_sum_M = jax.device_get(trainer.evaluate_members(state, images, labels))
+  return [
+    metrics.summarize(confusion, loss_sum, labels.shape[0])
+    for confusion, loss_sum in zip(confusion_M, loss_sum_M, strict=True)
+  ]
 
 
 def epoch_key(seed: int, stream: int, epoch: int):
@@ -453,6 +450,13 @@ class Members:
   def describe(self, index: int) -> dict[str, float]:
     """Member `index`'s hyperparameters as dotted config keys."""
     return {f"optimizer.{name}": values[index] for name, values in self.hyperparams.items()}
+
+  def epoch_keys(self, stream: int, epoch: int) -> jax.Array:
+    """Every member's key of one epoch of `stream`: its seed's single-run key."""
+    return _member_epoch_keys(jnp.asarray(self.seeds, jnp.int32), stream, epoch)
+
+  def init_keys(self) -> jax.Array:
+    return _member_init_keys(jnp.asarray(self.seeds, jnp.int32))
 
   def stacked_hyperparams(self) -> dict[str, jax.Array]:
     return {name: jnp.asarray(values, jnp.float32) for name, values in self.hyperparams.items()}
@@ -501,13 +505,12 @@ def _pretrain(config, trainer_args, members: Members, state, device_data, log) -
   )
   # A copy: train_members donates its state, and `state` must stay valid for the caller.
   pre_state = jax.tree.map(jnp.copy, state)
-  pre_state = pre_state.replace(opt_state=jax.vmap(make_tx().init)(pre_state.params))
+  pre_state = pre_state.replace(opt_state=trainer.init_optimizer_members(pre_state.params, {}))
   images, labels = device_data["train"]
   active = jnp.ones((len(members),), bool)
-  seeds = jnp.asarray(members.seeds, jnp.int32)
   for epoch in range(pre.num_epochs):
     pre_state, step_metrics = trainer.train_members(
-      pre_state, active, images, labels, _member_epoch_keys(seeds, _PRETRAIN_STREAM, epoch)
+      pre_state, active, images, labels, members.epoch_keys(_PRETRAIN_STREAM, epoch)
     )
     losses_MxS = np.asarray(step_metrics["loss"])
     for index, first_bad in enumerate(_first_non_finite(step_metrics)):
@@ -582,10 +585,9 @@ def fit(
   }
   members = members or members_of(config)
   num_members = len(members)
-  seeds = jnp.asarray(members.seeds, jnp.int32)
   trainer_args = (dataset.train.images, len(dataset.train))
   trainer = Trainer.create(config, *trainer_args, num_members=num_members)
-  state = trainer.init_members(_member_init_keys(seeds), members.stacked_hyperparams())
+  state = trainer.init_state(members)
   num_params = models.count_params(trainer.model(member(state, 0)))
   early = EarlyStopping.create(state, num_members)
   es_config = config.early_stopping
@@ -608,9 +610,7 @@ def fit(
     state = state.replace(
       params=pretrained.params,
       model_state=pretrained.model_state,
-      opt_state=trainer.init_members(
-        _member_init_keys(seeds), members.stacked_hyperparams()
-      ).opt_state,
+      opt_state=trainer.init_optimizer_members(pretrained.params, members.stacked_hyperparams()),
     )
     early = EarlyStopping.create(state, num_members)
 
@@ -632,7 +632,7 @@ def fit(
         state,
         jnp.asarray(active),
         *device_data["train"],
-        _member_epoch_keys(seeds, _TRAIN_STREAM, epoch),
+        members.epoch_keys(_TRAIN_STREAM, epoch),
       )
       step_metrics = jax.device_get(step_metrics)
       diverged_now = np.zeros(num_members, bool)
@@ -675,12 +675,9 @@ def fit(
         for index in range(num_members)
       ]
       if has_val:
-        val_metrics = [
-          split["val"] for split in evaluate_members(trainer, state, {"val": device_data["val"]})
-        ]
+        val_metrics = _member_val_metrics(trainer, state, *device_data["val"])
         for record, val in zip(records, val_metrics, strict=True):
           record.update({f"val/{key}": val[key] for key in _VAL_KEYS})
-        previous_best = np.asarray(early.best_epoch)
         early = update_members(
           early,
           state,
@@ -688,17 +685,18 @@ def fit(
           epoch,
           jnp.asarray(active & ~diverged_now),
         )
-        improved = np.asarray(early.best_epoch) != previous_best
       seconds = time.time() - epoch_start
       active_records = [records[index] for index in np.flatnonzero(active)]
       for record in active_records:
         record["seconds"] = seconds
         run.log_metrics(record)
+      improved = has_val and bool((np.asarray(early.best_epoch) == epoch).any())
       run.save(
         epoch + 1,
         {"state": state, "early_stopping": early},
-        best=has_val and bool(improved.any()),
-        best_payload={"params": early.best_params, "model_state": early.best_model_state},
+        best_payload=(
+          {"params": early.best_params, "model_state": early.best_model_state} if improved else None
+        ),
       )
       bar.update(_mean_record(active_records, num_active=int(active.sum())))
   finally:
