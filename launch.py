@@ -49,7 +49,7 @@ def report(results: dict, name: str) -> str:
     f"{'-'.join(map(str, (epochs[0], epochs[-1]) if len(epochs) > 1 else epochs))} epochs"
     + (f", best epoch {best[0]}" if len(best) == 1 else "")
     + (f", best epochs {best[0]}-{best[-1]}" if len(best) > 1 else "")
-    + f", {results['wall_seconds']:.0f}s\n{results['protocol']}"
+    + f", {results['train_seconds']:.0f}s training\n{results['protocol']}"
   )
   if len(members) == 1:
     split_metrics = members[0]["metrics"]
@@ -79,15 +79,17 @@ def main(argv):
     )
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   # Imported after flag parsing so `--help` and flag errors are instant.
-  from fmnist_jax import sweep, train
+  from fmnist_jax import runs, sweep, train
   from fmnist_jax.errors import UserError
 
   config = _CONFIG.value
-  config_path = pathlib.Path(config_flags.get_config_filename(flags.FLAGS["config"]))
-  workdir = pathlib.Path(_WORKDIR.value or pathlib.Path("runs") / config_path.stem)
+  workdir = pathlib.Path(_WORKDIR.value or cli.default_workdir(sys.argv))
   is_sweep = bool(config.sweep.grid or config.sweep.zip)
+  is_ensemble = bool(config.ensemble.members)
   try:
-    if is_sweep:
+    if is_ensemble:
+      results = runs.fit_ensemble(config, workdir, show_progress=_PROGRESS.value)
+    elif is_sweep:
       results = sweep.run(config, workdir, show_progress=_PROGRESS.value)
     else:
       results = train.fit(config, workdir, show_progress=_PROGRESS.value)
@@ -105,12 +107,21 @@ def main(argv):
     )
     return 130
 
-  if is_sweep:
+  if is_ensemble:
+    members = " + ".join(config.ensemble.members)
+    print(runs.format_paired(results, f"{workdir.name}: {members}, argmax of summed softmax"))
+    print(f"\nWrote {workdir}/results.json and per_class_f1.png.")
+  elif is_sweep:
     print(sweep.format_markdown(results))
     print(f"\nWrote {workdir}/sweep.md, sweep.csv, sweep.png and sweep_curves.png.")
   else:
-    print(report(results, config_path.stem))
-    print(f"\nWrote {workdir}/results.json, metrics.jsonl and checkpoints.")
+    print(report(results, workdir.name))
+    figures = (
+      ", analysis.md and figures (confusion, per-class F1, misclassified, learning curves)"
+      if config.figures
+      else ""
+    )
+    print(f"\nWrote {workdir}/results.json, metrics.jsonl, checkpoints{figures}.")
   return 0
 
 

@@ -70,6 +70,16 @@ def get_config() -> ConfigDict:
   sweep.zip = ""  # axes paired element by element (equal lengths), times the grid
   sweep.metric = "val/accuracy"  # ranks the points and is plotted (a loss is minimized)
 
+  # At the end of a run: analysis.md (most confused pairs, early-stopping patience) and
+  # confusion, per-class F1, misclassified-gallery and learning-curve PNGs (fmnist_jax/analysis.py).
+  config.figures = True
+
+  # An ensemble of other experiments (study B3 = B1 + B2, B6 = B4 + B5): when `members` names
+  # config files of configs/, launch.py trains (or reuses) each one in <workdir>/../<name>/
+  # with this config's seed and num_seeds, then scores member m of every run together.
+  config.ensemble = ens = ConfigDict()
+  ens.members = ()  # config names, e.g. ("mlp_1hidden", "mlp_2hidden"); () = not an ensemble
+
   config.checkpoint = ckpt = ConfigDict()
   ckpt.enabled = True  # orbax checkpoints in <workdir>/checkpoints (latest) and best/
   ckpt.max_to_keep = 2  # latest checkpoints kept; the best is kept separately

@@ -1,11 +1,16 @@
-"""Study B, row B4: the tuned 3-conv CNN. Reported train/val/test 0.9697 / 0.9332 / 0.9268.
+"""Study B, row B4: the tuned 3-conv CNN. Reported test accuracy 0.9268.
+
+The deck: train / val / test accuracy 0.969708 / 0.933167 / 0.9268, test F1 0.927089.
 
 The deck gives "3 conv layers, relu everywhere, Adam lr 0.001, early stopping
 patience 10" but not the widths; chosen here (for accuracy and CPU speed):
-Conv 32 -> pool -> Conv 64 -> pool -> Conv 128 -> pool (3x3 SAME relu, 2x2 max
-pools, dropout 0.25 after each pool) -> Dense 128 relu -> dropout 0.5 ->
-Dense 10; batch 128. Study B's protocol: 48,000 / 12,000 seeded split, [0, 1]
-inputs; Keras init and Adam epsilon 1e-7; best weights restored.
+Conv 32 -> pool -> Conv 64 -> pool -> Conv 128 (3x3 SAME relu; 2x2 max pools;
+dropout 0.25 after each stage) -> Dense 256 relu -> dropout 0.5 -> Dense 10
+(1,701,130 params); batch 128. No pool after the third conv: pooling 7x7 to
+3x3 drops a row and a column, and keeping 7x7x128 raised validation accuracy
+from 0.9331 to 0.9361 (seed 0; test 0.9235 -> 0.9257). Study B's protocol:
+48,000 / 12,000 seeded split, [0, 1] inputs; Keras init and Adam epsilon 1e-7;
+best weights restored.
 
   python launch.py --config=configs/cnn.py
 """
@@ -21,11 +26,11 @@ def get_config():
     {
       "name": "cnn",
       "conv_features": (32, 64, 128),
-      "dense_sizes": (128,),
+      "dense_sizes": (256,),
       "kernel_size": 3,
       "activation": "relu",
       "batch_norm": False,
-      "pool": True,
+      "pool": (True, True, False),
       "conv_dropout_rates": 0.25,
       "dense_dropout_rates": 0.5,
     }

@@ -20,13 +20,26 @@ def fail(message: str):
   sys.exit(EXIT_USER_ERROR)
 
 
-def _config_path(argv) -> str | None:
+def _config_flag(argv) -> str | None:
+  """The --config value as given: "configs/x.py" or "configs/x.py:arg"."""
   for i, arg in enumerate(argv):
     if arg.startswith("--config="):
-      return arg.split("=", 1)[1].split(":", 1)[0]
+      return arg.split("=", 1)[1]
     if arg == "--config" and i + 1 < len(argv):
-      return argv[i + 1].split(":", 1)[0]
+      return argv[i + 1]
   return None
+
+
+def _config_path(argv) -> str | None:
+  value = _config_flag(argv)
+  return None if value is None else value.split(":", 1)[0]
+
+
+def default_workdir(argv) -> pathlib.Path:
+  """runs/<config file name>, or runs/<name>_<arg> for `--config=configs/<name>.py:<arg>`."""
+  path, _, arg = (_config_flag(argv) or "").partition(":")
+  name = pathlib.Path(path).stem + (f"_{arg}" if arg else "")
+  return pathlib.Path("runs") / name
 
 
 def _available_configs() -> str:
@@ -44,7 +57,11 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as error:
-    fail(f"{error}; see --help for the flags")
+    text = str(error)
+    if "Error whilst parsing config file" in text:  # get_config raised; absl quotes its traceback
+      raised = [line for line in text.splitlines() if line.strip()][-1]
+      fail(f"config {_config_flag(argv)} failed to load: {raised}")
+    fail(f"{text}; see --help for the flags")
   except AttributeError as error:
     text = str(error).strip("'\"").replace("\\n", " ").replace("\\'", "'")
     if "get_config" in text:

@@ -73,6 +73,12 @@ def check(config: ConfigDict, *, num_train: int | None = None, has_validation: b
       _fail(f"sweep.{key}", config.sweep[key], "must be a string like 'KEY=V1,V2; KEY2=V3,V4'")
   _one_of(config, "sweep.metric", SWEEP_METRICS)
 
+  members = config.ensemble.members
+  if not isinstance(members, tuple | list) or not all(isinstance(m, str) for m in members):
+    _fail("ensemble.members", members, "must be a tuple of config names, e.g. ('cnn', 'resnet')")
+  if members and (config.sweep.grid or config.sweep.zip):
+    _fail("ensemble.members", members, "an ensemble config cannot also sweep; sweep its members")
+
   _one_of(config, "data.source", data.SOURCES)
   _one_of(config, "data.validation_split", data.VALIDATION_SPLITS)
   _one_of(config, "data.preprocessing", data.PREPROCESSINGS)

@@ -364,7 +364,7 @@ class ResidualBlock(nnx.Module):
 
 
 class ResidualCNN(nnx.Module):
-  """Study B5: stacked residual blocks (two convs each), a 2x2 max pool after each."""
+  """Study B5: residual blocks (two convs each), each followed by [2x2 max pool] -> [Dropout]."""
 
   def __init__(
     self,
@@ -374,6 +374,7 @@ class ResidualCNN(nnx.Module):
     kernel_size: int = 3,
     activation: str = "relu",
     batch_norm: bool = True,
+    pool: bool | Sequence[bool] = True,
     dropout_rates: float | Sequence[float] = 0.0,
     dense_dropout_rates: float | Sequence[float] = 0.0,
     conv_impl: str = "auto",
@@ -381,8 +382,9 @@ class ResidualCNN(nnx.Module):
     rngs: nnx.Rngs,
   ):
     rates = _per_layer(dropout_rates, len(stage_features), "dropout_rates")
+    self.pools = _per_layer(pool, len(stage_features), "pool")
     blocks, channels, side = [], 1, IMAGE_SHAPE[0]
-    for features in stage_features:
+    for features, pool_here in zip(stage_features, self.pools, strict=True):
       blocks.append(
         ResidualBlock(
           channels,
@@ -394,7 +396,7 @@ class ResidualCNN(nnx.Module):
           rngs=rngs,
         )
       )
-      channels, side = features, side // 2
+      channels, side = features, side // 2 if pool_here else side
     self.blocks = nnx.List(blocks)
     self.dropouts = nnx.List([nnx.Dropout(rate) for rate in rates])
     self.head = MLP(
@@ -408,8 +410,9 @@ class ResidualCNN(nnx.Module):
 
   def __call__(self, x, *, rngs: nnx.Rngs | None = None):
     x = _add_channel(x)
-    for block, dropout in zip(self.blocks, self.dropouts, strict=True):
-      x = dropout(layers.max_pool(block(x)), rngs=rngs)
+    for block, pool, dropout in zip(self.blocks, self.pools, self.dropouts, strict=True):
+      x = block(x)
+      x = dropout(layers.max_pool(x) if pool else x, rngs=rngs)
     return self.head(x, rngs=rngs)
 
 

@@ -1,5 +1,10 @@
 """Finished runs read back from their workdirs, and ensembles across runs.
 
+An ensemble config (configs/mlp_ensemble.py: B3, configs/cnn_ensemble.py: B6)
+names member configs; `fit_ensemble` trains or reuses each member's run and
+scores the studies' ensemble once per seed: member m of every run together,
+so the ensemble gets a mean +- std over seeds like any run.
+
   python -m fmnist_jax.runs runs/mlp_1hidden runs/mlp_2hidden [--out=runs/mlp_ensemble]
 
 scores the ensemble of every member of the given workdirs (B3: two MLPs; B6:
@@ -17,8 +22,12 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from fmnist_jax import checkpoint, data, ensemble, train
-from fmnist_jax.errors import UserError
+from fmnist_jax import checkpoint, config_checks, data, ensemble, metrics, train
+from fmnist_jax.cli import CONFIGS_DIR
+from fmnist_jax.errors import ConfigError, UserError
+
+# The studies' rule (B3, B6): argmax of the summed softmax outputs.
+ENSEMBLE_RULE = "softmax_sum"
 
 
 def _tuples(value):
@@ -86,9 +95,8 @@ def load_run(workdir: str | pathlib.Path) -> Run:
   return Run(workdir, config, results, trainer, final, dataset)
 
 
-def evaluate_ensemble(workdirs: list[str | pathlib.Path]) -> dict[str, Any]:
-  """Every member of every workdir, and their ensemble by each rule, on the shared splits."""
-  runs = [load_run(workdir) for workdir in workdirs]
+def _run_logits(runs: list[Run]) -> dict[str, np.ndarray]:
+  """split -> [sum of members, N, C] logits of every member of every run, runs in order."""
   first = runs[0]
   for run in runs[1:]:
     if run.config.data.to_dict() != first.config.data.to_dict():
@@ -99,25 +107,181 @@ def evaluate_ensemble(workdirs: list[str | pathlib.Path]) -> dict[str, Any]:
         f"{run.workdir} and {first.workdir} use different data (data.{', data.'.join(differs)}); "
         f"an ensemble's members must be scored on the same splits"
       )
-  splits = first.dataset.splits()
-  logits = {
+  return {
     name: np.concatenate(
       [
         np.asarray(run.trainer.predict_members(run.state, jax.device_put(split.images)))
         for run in runs
       ]
     )
-    for name, split in splits.items()
+    for name, split in first.dataset.splits().items()
   }
-  scored = ensemble.score(logits, {name: split.labels for name, split in splits.items()})
-  names = [name for run in runs for name in run.member_names()]
+
+
+def evaluate_ensemble(workdirs: list[str | pathlib.Path]) -> dict[str, Any]:
+  """Every member of every workdir, and their ensemble by each rule, on the shared splits."""
+  runs = [load_run(workdir) for workdir in workdirs]
+  labels = {name: split.labels for name, split in runs[0].dataset.splits().items()}
+  scored = ensemble.score(_run_logits(runs), labels)
   return {
     "workdirs": [str(run.workdir) for run in runs],
-    "member_names": names,
+    "member_names": [name for run in runs for name in run.member_names()],
     "members": scored["members"],
     "rules": scored["rules"],
     "gain": ensemble.best_member_gain(scored),
   }
+
+
+def evaluate_paired(workdirs: list[str | pathlib.Path]) -> dict[str, Any]:
+  """The studies' ensemble (one model of each run), once per seed index, and their statistics.
+
+  Ensemble m combines member m of every run (B3: B1's seed m with B2's seed m),
+  so its mean +- std over m is comparable with each run's. The ensemble of all
+  members of all runs is reported too.
+  """
+  runs = [load_run(workdir) for workdir in workdirs]
+  sizes = {run.workdir.name: len(run.results["members"]) for run in runs}
+  if len(set(sizes.values())) > 1:
+    raise UserError(
+      f"an ensemble pairs the runs' members seed by seed, but they have different numbers of "
+      f"members ({sizes}); train every member config with the same num_seeds"
+    )
+  num_members = next(iter(sizes.values()))
+  logits = _run_logits(runs)
+  labels = {name: split.labels for name, split in runs[0].dataset.splits().items()}
+  pairs = []
+  for index in range(num_members):
+    # Member `index` of each run sits at run_number * num_members + index.
+    rows = [run_number * num_members + index for run_number in range(len(runs))]
+    scored = ensemble.score({name: value[rows] for name, value in logits.items()}, labels)
+    pairs.append(
+      {
+        "members": [run.member_names()[index] for run in runs],
+        "member_metrics": scored["members"],
+        "rules": scored["rules"],
+        "gain": ensemble.best_member_gain(scored),
+      }
+    )
+  everything = ensemble.score(logits, labels)
+  return {
+    "workdirs": [str(run.workdir) for run in runs],
+    "run_summaries": {run.workdir.name: run.results["summary"] for run in runs},
+    "protocol": runs[0].results["protocol"],
+    "pairs": pairs,
+    "rule_summaries": {
+      rule: metrics.across_members([pair["rules"][rule] for pair in pairs])
+      for rule in ensemble.RULES
+    },
+    "all_members": {
+      "member_names": [name for run in runs for name in run.member_names()],
+      "rules": everything["rules"],
+      "gain": ensemble.best_member_gain(everything),
+    },
+  }
+
+
+def member_configs(config: ConfigDict) -> list[tuple[str, ConfigDict]]:
+  """(name, config) of each `config.ensemble.members` entry, with the ensemble's seeds."""
+  import importlib
+
+  available = sorted(p.stem for p in CONFIGS_DIR.glob("*.py") if not p.stem.startswith("_"))
+  result = []
+  for name in config.ensemble.members:
+    if name not in available:
+      raise ConfigError(
+        f"config.ensemble.members names {name!r}, which is not a config in {CONFIGS_DIR}; "
+        f"choose from {available}"
+      )
+    member = importlib.import_module(f"configs.{name}").get_config()
+    if member.ensemble.members:
+      raise ConfigError(
+        f"config.ensemble.members: {name!r} is itself an ensemble; list its members instead"
+      )
+    member.seed, member.num_seeds = config.seed, config.num_seeds
+    result.append((name, member))
+  if len(result) < 2:
+    raise ConfigError(
+      f"config.ensemble.members={tuple(config.ensemble.members)!r}: an ensemble needs at least "
+      f"two member configs"
+    )
+  return result
+
+
+def _finished(workdir: pathlib.Path, config: ConfigDict) -> bool:
+  """True when `workdir` holds a finished run of exactly `config`."""
+  saved = workdir / "config.json"
+  return (
+    (workdir / "results.json").exists()
+    and saved.exists()
+    and json.loads(saved.read_text())
+    == json.loads(config.to_json_best_effort(indent=2, sort_keys=True))
+  )
+
+
+def fit_ensemble(
+  config: ConfigDict, workdir: str | pathlib.Path, *, show_progress: bool = True
+) -> dict:
+  """Trains (or reuses) each member config in <workdir>/../<name>/, then scores the ensembles.
+
+  Writes results.json (every paired ensemble, their statistics per rule, the
+  all-members ensemble) and per_class_f1.png (members and ensemble) to `workdir`.
+  """
+  workdir = pathlib.Path(workdir)
+  members = member_configs(config)
+  for _, member in members:
+    config_checks.check(member)  # every member is checked before any trains
+  run_dir = checkpoint.RunDir(workdir, config, checkpoints=False)
+  member_dirs = []
+  for name, member in members:
+    member_dir = workdir.parent / name
+    member_dirs.append(member_dir)
+    if _finished(member_dir, member):
+      print(f"ensemble member {name}: reusing the finished run in {member_dir}", flush=True)
+      continue
+    print(f"ensemble member {name}: training in {member_dir}", flush=True)
+    train.fit(member, member_dir, show_progress=show_progress)
+  result = evaluate_paired(member_dirs)
+  result["ensemble_summary"] = result["rule_summaries"][ENSEMBLE_RULE]
+  run_dir.write_results(result)
+  if config.figures and checkpoint.is_writer():
+    from fmnist_jax import analysis
+
+    f1 = {name: summary["test"]["f1"] for name, summary in result["run_summaries"].items()}
+    f1[f"{workdir.name} ({ENSEMBLE_RULE})"] = result["ensemble_summary"]["test"]["f1"]
+    analysis.plot_per_class_f1(
+      f1, run_dir.path / "per_class_f1.png", f"{workdir.name}: test F1 per class (mean +- std)"
+    )
+  return result
+
+
+def format_paired(result: dict, title: str) -> str:
+  """The ensemble's studies table (mean +- std over seed pairs), then each run and rule on test."""
+  summary = result["rule_summaries"][ENSEMBLE_RULE]
+  text = metrics.format_summary_table(
+    summary, num_members=len(result["pairs"]), title=f"{title}\n{result['protocol']}"
+  )
+  rows = [
+    [name, *_test_cells(run_summary["test"])]
+    for name, run_summary in result["run_summaries"].items()
+  ]
+  rows += [
+    [f"ensemble: {rule}", *_test_cells(result["rule_summaries"][rule]["test"])]
+    for rule in ensemble.RULES
+  ]
+  all_members = result["all_members"]["rules"][ENSEMBLE_RULE]["test"]
+  rows.append(
+    [
+      f"all {len(result['all_members']['member_names'])} models ({ENSEMBLE_RULE})",
+      f"{all_members['accuracy']:.4f}",
+      f"{all_members['f1_macro']:.4f}",
+    ]
+  )
+  table = metrics.render_table(["Test, mean +- std over seeds", "Accuracy", "F1"], rows, title=None)
+  return f"{text}\n\n{table}"
+
+
+def _test_cells(stats: dict) -> list[str]:
+  return [metrics.format_stat(stats["accuracy"]), metrics.format_stat(stats["f1_macro"])]
 
 
 def main(argv: list[str]) -> int:

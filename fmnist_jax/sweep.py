@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from ml_collections import ConfigDict
 
-from fmnist_jax import checkpoint, config_checks, metrics, train
+from fmnist_jax import analysis, checkpoint, config_checks, metrics, train
 from fmnist_jax.errors import ConfigError
 
 SWEEP_METRICS = config_checks.SWEEP_METRICS
@@ -196,7 +196,7 @@ def run(config: ConfigDict, workdir: str | pathlib.Path, *, show_progress: bool 
     results = train.fit(
       program.config, program_dir, show_progress=show_progress, members=program.members
     )
-    history = _read_history(program_dir)
+    history = analysis.read_history(program_dir)
     for member, point in zip(results["members"], program.member_points, strict=True):
       key = json.dumps(point, sort_keys=True, default=str)
       row = rows_by_point.setdefault(key, {"point": point, "members": []})
@@ -214,21 +214,6 @@ def run(config: ConfigDict, workdir: str | pathlib.Path, *, show_progress: bool 
   }
   write_outputs(workdir, sweep_results, histories)
   return sweep_results
-
-
-def _read_history(workdir: pathlib.Path) -> dict[int, dict[str, list[float]]]:
-  """member -> metric -> values per epoch, from metrics.jsonl."""
-  history: dict[int, dict[str, list[float]]] = {}
-  path = workdir / "metrics.jsonl"
-  for line in path.read_text().splitlines() if path.exists() else ():
-    record = json.loads(line)
-    if record.get("phase") == "pretrain":
-      continue
-    per_metric = history.setdefault(record["member"], {})
-    for key, value in record.items():
-      if key.startswith(("train/", "val/")):
-        per_metric.setdefault(key, []).append(value)
-  return history
 
 
 def _summarize_row(row: dict, keys: list[str]) -> dict:

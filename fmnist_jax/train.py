@@ -32,7 +32,7 @@ import optax
 from flax import nnx
 from ml_collections import ConfigDict
 
-from fmnist_jax import checkpoint, config_checks, data, ensemble, metrics, models
+from fmnist_jax import analysis, checkpoint, config_checks, data, ensemble, metrics, models
 from fmnist_jax import progress as progress_lib
 
 # Keys of the per-epoch random streams (folded into the run key with the epoch).
@@ -707,13 +707,10 @@ def fit(
   stopped, diverged, best_epoch = jax.device_get((early.stopped, early.diverged, early.best_epoch))
   final_state, restore = final_states(config, state, early, has_validation=has_val)
   # One vmapped forward pass per split gives every member's metrics and the ensembles'.
-  scored = ensemble.score(
-    {
-      name: trainer.predict_members(final_state, images)
-      for name, (images, _) in device_data.items()
-    },
-    {name: labels for name, (_, labels) in device_data.items()},
-  )
+  logits = {
+    name: trainer.predict_members(final_state, images) for name, (images, _) in device_data.items()
+  }
+  scored = ensemble.score(logits, {name: labels for name, (_, labels) in device_data.items()})
   member_metrics = scored["members"]
   steps = np.asarray(state.step)
   results = {
@@ -737,14 +734,26 @@ def fit(
       }
       for index in range(num_members)
     ],
-    "wall_seconds": time.time() - start_time,
+    "wall_seconds": time.time() - start_time,  # this process, so a resume counts from 0
+    "train_seconds": _train_seconds(run.read_metrics()),  # every epoch, across resumes
   }
   if num_members > 1 and all(len(set(v)) == 1 for v in members.hyperparams.values()):
     # Seeds of one recipe: their ensemble is free to score, and worth knowing.
     results["ensemble"] = {"rules": scored["rules"], "gain": ensemble.best_member_gain(scored)}
   run.write_results(results)
   run.close()
+  if config.figures:
+    analysis.write_run_outputs(
+      run.path, workdir.name, results, dataset.test, jax.device_get(logits["test"])
+    )
   return results
+
+
+def _train_seconds(records: list[dict]) -> float:
+  """Wall seconds of every epoch in metrics.jsonl (each epoch once, whatever its members)."""
+  return float(
+    sum({r["epoch"]: r["seconds"] for r in records if "seconds" in r and "phase" not in r}.values())
+  )
 
 
 def final_states(

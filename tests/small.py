@@ -13,6 +13,7 @@ def small_config(**overrides) -> ConfigDict:
   config.batch_size = 64
   config.num_epochs = 3
   config.checkpoint.max_to_keep = 2
+  config.figures = False  # figures have their own tests; they cost ~2 s per run
   for key, value in overrides.items():
     target = config
     *parents, leaf = key.split(".")

@@ -19,7 +19,20 @@ EXPECTED_PARAMS = {
   "autoencoder": 313_139,
   "autoencoder_early_stop": 313_139,
   "vgg": 2_424_516,
-  "cnn": 241_546,
+  "cnn": 1_701_130,
+  "resnet": 1_374_930,
+  "mlp_1hidden": 784 * 512 + 512 + 512 * 10 + 10,  # 407,050
+  "mlp_2hidden": 784 * 2048 + 2048 + 2048 * 512 + 512 + 512 * 10 + 10,  # 2,661,898
+}
+# Configs whose docstring gives the command (study_a only holds study A's protocol).
+COMMANDS = [name for name in CONFIGS if name != "study_a"]
+# Study B's hyperparameter studies: how many compiled programs (and points) each sweep runs.
+STUDY_SWEEPS = {
+  "study_inputs": (None, 3, 9),
+  "study_optimizers": (None, 2, 24),
+  "study_one_hidden": ("activation", 5, 5),
+  "study_two_hidden": (None, 4, 4),
+  "study_cnn": (None, 4, 4),
 }
 
 
@@ -40,8 +53,32 @@ def test_config_is_valid_and_builds(name):
 def test_config_docstring_names_its_study_row_and_command(name):
   doc = importlib.import_module(f"configs.{name}").__doc__
   assert doc and ("Study" in doc or "study" in doc)
-  if name in EXPECTED_PARAMS:
+  if name in COMMANDS:
     assert f"--config=configs/{name}.py" in doc
+
+
+@pytest.mark.parametrize("name", sorted(STUDY_SWEEPS))
+def test_study_sweeps_plan_their_programs(name):
+  from fmnist_jax import sweep
+
+  arg, num_programs, num_points = STUDY_SWEEPS[name]
+  module = importlib.import_module(f"configs.{name}")
+  config = module.get_config(arg) if arg else module.get_config()
+  plan = sweep.programs(config)  # checks every point's config too
+  assert len(plan) == num_programs
+  assert sum(len(program.members) for program in plan) == num_points * config.num_seeds
+
+
+@pytest.mark.parametrize(
+  ("name", "args"),
+  [("study_one_hidden", ("activation", "dropout", "units")), ("study_patience", ("mlp", "cnn"))],
+)
+def test_configs_with_an_argument_build_every_part(name, args):
+  module = importlib.import_module(f"configs.{name}")
+  for arg in args:
+    config_checks.check(module.get_config(arg))
+  with pytest.raises(ValueError, match="choose one of"):
+    module.get_config("nonsense")
 
 
 def test_study_protocols():
@@ -58,3 +95,10 @@ def test_study_protocols():
   assert (b4.data.validation_split, b4.data.validation_size) == ("random", 12_000)
   assert (b4.optimizer.name, b4.optimizer.learning_rate, b4.optimizer.eps) == ("adam", 1e-3, 1e-7)
   assert b4.early_stopping.patience == 10
+  b1, b2 = load("mlp_1hidden"), load("mlp_2hidden")
+  assert (b1.model.hidden_sizes, b1.optimizer.learning_rate) == ((512,), 3e-4)  # see its docstring
+  assert (b2.model.hidden_sizes, b2.model.dropout_rates) == ((2048, 512), (0.2, 0.4))
+  assert b2.optimizer.learning_rate == 1e-4
+  assert b1.early_stopping.patience == b2.early_stopping.patience == 15  # study 3
+  assert load("mlp_ensemble").ensemble.members == ("mlp_1hidden", "mlp_2hidden")
+  assert load("cnn_ensemble").ensemble.members == ("cnn", "resnet")

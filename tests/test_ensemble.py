@@ -101,3 +101,78 @@ def test_combine_runs_under_jit():
   logits = jax.numpy.asarray(_logits(5, (3, 20, 10)))
   for rule in ensemble.RULES:
     assert jax.jit(ensemble.combine, static_argnums=1)(logits, rule).shape == (20,)
+
+
+def _member_configs(num_seeds):
+  return [
+    ("a", small_config(num_epochs=2, num_seeds=num_seeds)),
+    ("b", small_config(num_epochs=2, num_seeds=num_seeds, **{"model.hidden_sizes": (32, 16)})),
+  ]
+
+
+def test_an_ensemble_config_pairs_its_members_seed_by_seed(
+  use_small_dataset, tmp_path, monkeypatch, capsys
+):
+  monkeypatch.setattr(runs, "member_configs", lambda config: _member_configs(num_seeds=2))
+  config = small_config(figures=True)
+  config.ensemble.members = ("a", "b")
+  result = runs.fit_ensemble(config, tmp_path / "ensemble", show_progress=False)
+  assert [pair["members"] for pair in result["pairs"]] == [
+    ["a/seed0", "b/seed0"],
+    ["a/seed1", "b/seed1"],
+  ]
+  # Oracle: each run's restored members' logits, combined by hand.
+  first, second = runs.load_run(tmp_path / "a"), runs.load_run(tmp_path / "b")
+  labels = first.dataset.test.labels
+  logits = [
+    np.asarray(run.trainer.predict_members(run.state, run.dataset.test.images))
+    for run in (first, second)
+  ]
+  accuracies = []
+  for index, pair in enumerate(result["pairs"]):
+    predicted = (_softmax(logits[0][index]) + _softmax(logits[1][index])).argmax(-1)
+    accuracies.append(float(np.mean(predicted == labels)))
+    assert pair["rules"]["softmax_sum"]["test"]["accuracy"] == pytest.approx(accuracies[-1])
+  summary = result["ensemble_summary"]["test"]["accuracy"]
+  assert summary["mean"] == pytest.approx(np.mean(accuracies))
+  assert summary["std"] == pytest.approx(np.std(accuracies, ddof=1), abs=1e-7)
+  assert len(result["all_members"]["member_names"]) == 4
+  assert json.loads((tmp_path / "ensemble" / "results.json").read_text())["pairs"]
+  assert (tmp_path / "ensemble" / "per_class_f1.png").read_bytes().startswith(b"\x89PNG")
+  table = runs.format_paired(result, "t")
+  assert "ensemble: softmax_sum" in table and "all 4 models" in table
+
+  # A rerun reuses the finished members instead of training them again.
+  history = (tmp_path / "a" / "metrics.jsonl").read_text()
+  capsys.readouterr()
+  again = runs.fit_ensemble(config, tmp_path / "ensemble", show_progress=False)
+  assert capsys.readouterr().out.count("reusing the finished run") == 2
+  assert (tmp_path / "a" / "metrics.jsonl").read_text() == history
+  assert again["rule_summaries"] == result["rule_summaries"]
+
+
+def test_ensemble_members_must_pair_up(use_small_dataset, tmp_path, monkeypatch):
+  configs = _member_configs(num_seeds=2)
+  configs[1][1].num_seeds = 1
+  monkeypatch.setattr(runs, "member_configs", lambda config: configs)
+  with pytest.raises(runs.UserError, match="different numbers of members"):
+    runs.fit_ensemble(small_config(), tmp_path / "ensemble", show_progress=False)
+
+
+def test_ensemble_member_configs_come_from_configs_with_the_ensembles_seeds():
+  from configs import mlp_ensemble
+
+  config = mlp_ensemble.get_config()
+  config.seed, config.num_seeds = 7, 3
+  members = runs.member_configs(config)
+  assert [name for name, _ in members] == ["mlp_1hidden", "mlp_2hidden"]
+  assert all((m.seed, m.num_seeds) == (7, 3) for _, m in members)
+  config.ensemble.members = ("mlp_1hidden", "no_such_config")
+  with pytest.raises(runs.ConfigError, match="no_such_config.*choose from"):
+    runs.member_configs(config)
+  config.ensemble.members = ("mlp_1hidden",)
+  with pytest.raises(runs.ConfigError, match="at least two"):
+    runs.member_configs(config)
+  config.ensemble.members = ("mlp_1hidden", "cnn_ensemble")
+  with pytest.raises(runs.ConfigError, match="itself an ensemble"):
+    runs.member_configs(config)

@@ -30,6 +30,8 @@ def test_one_command_trains_evaluates_and_checkpoints(real_data_dir, tmp_path):
   assert len(results["members"][0]["metrics"]["test"]["f1"]) == 10
   assert json.loads((tmp_path / "config.json").read_text())["optimizer"]["momentum"] == 0.9
   assert (tmp_path / "checkpoints" / "1").is_dir() and any((tmp_path / "best").iterdir())
+  for name in ("analysis.md", "confusion.png", "misclassified.png", "learning_curves.png"):
+    assert (tmp_path / name).is_file(), name
 
 
 def test_seeds_report_mean_and_std_and_every_member(real_data_dir, tmp_path):
@@ -75,6 +77,14 @@ def test_seeds_report_mean_and_std_and_every_member(real_data_dir, tmp_path):
     (["--config=configs/cnn.py", "--config.num_seeds=0"], "num_seeds=0: must be a positive"),
     (["--config=configs/cnn.py", "--config.sweep.grid=optimizer.lr=1,2"], "unknown config key"),
     (["--config=configs/cnn.py", "--config.sweep.metric=val/acc"], "sweep.metric"),
+    (
+      ["--config=configs/study_one_hidden.py:nonsense", "--config.num_epochs=1"],
+      r"study_one_hidden.py:nonsense failed to load: ValueError: .*choose one of",
+    ),
+    (
+      ["--config=configs/mlp_ensemble.py", "--config.ensemble.members=('mlp_1hidden', 'nope')"],
+      "names 'nope', which is not a config",
+    ),
   ],
 )
 def test_mistakes_get_one_clear_line_and_status_2(args, message, tmp_path):
@@ -99,3 +109,12 @@ def test_an_unusable_workdir_is_named(real_data_dir, tmp_path):
   result = launch("--config=configs/mlp_baseline.py", workdir=not_a_directory)
   assert result.returncode == 2 and "Traceback" not in result.stderr
   assert f"cannot write to workdir {not_a_directory}" in result.stderr
+
+
+def test_the_default_workdir_names_the_config_and_its_argument():
+  from fmnist_jax import cli
+
+  assert cli.default_workdir(["launch.py", "--config=configs/cnn.py"]) == pathlib.Path("runs/cnn")
+  assert cli.default_workdir(
+    ["launch.py", "--config", "configs/study_one_hidden.py:units"]
+  ) == pathlib.Path("runs/study_one_hidden_units")

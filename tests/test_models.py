@@ -107,6 +107,12 @@ def test_model_parameter_counts_match_formulas():
   assert models.count_params(models.ResidualCNN((32, 64, 128), (128,), rngs=rngs)) == (
     resnet + _dense_params(3 * 3 * 128, 128) + _dense_params(128, 10)
   )
+  # B5 (configs/resnet.py): no pool after the last block, so 7x7x128 feeds the head.
+  b5 = models.ResidualCNN((32, 64, 128), (256,), pool=(True, True, False), rngs=rngs)
+  assert models.count_params(b5) == resnet + _dense_params(7 * 7 * 128, 256) + _dense_params(
+    256, 10
+  )
+  assert b5(jnp.zeros((2, 28, 28))).shape == (2, 10)
 
 
 @pytest.mark.parametrize(

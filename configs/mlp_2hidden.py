@@ -1,0 +1,21 @@
+"""Study B, row B2: the tuned MLP with two hidden layers. Reported test accuracy 0.8944.
+
+The deck: train / val / test accuracy 0.940625 / 0.9015 / 0.8944, test F1 0.894873.
+
+Flatten -> Dense 2048 relu -> Dropout 0.2 -> Dense 512 relu -> Dropout 0.4 ->
+Dense 10 (2,661,898 params); Adam lr 0.0001, as the deck. Batch 128 (the deck
+gives none; as B1), early stopping on validation loss with patience 15 (study
+3), best weights restored. Study B's protocol (configs/base.py).
+
+  python launch.py --config=configs/mlp_2hidden.py --config.num_seeds=5
+"""
+
+from configs import mlp_1hidden
+
+
+def get_config():
+  config = mlp_1hidden.get_config()
+  config.model.hidden_sizes = (2048, 512)
+  config.model.dropout_rates = (0.2, 0.4)
+  config.optimizer.learning_rate = 1e-4
+  return config

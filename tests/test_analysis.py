@@ -1,0 +1,86 @@
+"""Error analysis: confused pairs and patience against hand computations, and the run figures."""
+
+import numpy as np
+import pytest
+from small import small_config
+
+from fmnist_jax import analysis, data, train
+
+
+def test_most_confused_pairs_are_the_largest_off_diagonal_cells():
+  confusion = np.diag(np.full(data.NUM_CLASSES, 90))
+  confusion[0, 6] = 25  # T-shirt seen as Shirt
+  confusion[4, 2] = 40  # Coat seen as Pullover
+  confusion[6, 0] = 5
+  pairs = analysis.most_confused_pairs(confusion, k=5)
+  assert [(p["true"], p["predicted"], p["count"]) for p in pairs] == [
+    ("Coat", "Pullover", 40),
+    ("T-shirt/top", "Shirt", 25),
+    ("Shirt", "T-shirt/top", 5),
+  ]  # zero cells are not listed
+  assert pairs[0]["share_of_true_class"] == pytest.approx(40 / 130)
+
+
+VAL_LOSSES = [1.0, 0.8, 0.9, 0.85, 0.7, 0.75, 0.76, 0.77, 0.72, 0.6, 0.65, 0.61]
+
+
+def test_running_minima_and_the_patience_they_need():
+  rows = analysis.running_minima(VAL_LOSSES)
+  assert [(r["epoch"], r["val_loss"], r["waited"]) for r in rows] == [
+    (1, 1.0, 1),
+    (2, 0.8, 1),
+    (5, 0.7, 3),
+    (10, 0.6, 5),
+  ]
+  assert analysis.patience_needed(VAL_LOSSES) == 5
+  assert analysis.patience_needed([0.5]) == 0
+
+
+def _best_epoch_with_patience(losses, patience):
+  """Keras' rule as train.update_early_stopping runs it: the best epoch it ends with."""
+  import jax.numpy as jnp
+
+  state = train.TrainState(step=jnp.zeros(()), params={}, model_state={}, opt_state=())
+  early = train.EarlyStopping.create(state)
+  for epoch, loss in enumerate(losses):
+    if early.stopped:
+      break
+    early = train.update_early_stopping(
+      early, state, jnp.float32(loss), epoch, patience=patience, min_delta=0.0
+    )
+  return int(early.best_epoch) + 1
+
+
+def test_the_needed_patience_is_the_smallest_that_reaches_the_best_epoch():
+  needed = analysis.patience_needed(VAL_LOSSES)
+  best_epoch = int(np.argmin(VAL_LOSSES)) + 1
+  assert _best_epoch_with_patience(VAL_LOSSES, needed) == best_epoch
+  assert _best_epoch_with_patience(VAL_LOSSES, needed - 1) < best_epoch
+
+
+def test_a_run_writes_its_analysis_and_figures(use_small_dataset, tmp_path):
+  config = small_config(num_epochs=3, num_seeds=2, figures=True)
+  train.fit(config, tmp_path, show_progress=False)
+  for name in ("confusion.png", "per_class_f1.png", "misclassified.png", "learning_curves.png"):
+    content = (tmp_path / name).read_bytes()
+    assert content.startswith(b"\x89PNG") and len(content) > 10_000, name
+  text = (tmp_path / "analysis.md").read_text()
+  assert "Most confused class pairs" in text and "patience" in text
+  history = analysis.read_history(tmp_path)
+  assert sorted(history) == [0, 1] and len(history[0]["val/loss"]) == 3
+  # The table lists member 0's minima from its logged validation losses.
+  for row in analysis.running_minima(history[0]["val/loss"]):
+    assert f"| {row['epoch']} | {row['val_loss']:.6f} | {row['waited']} |" in text
+
+
+def test_compare_writes_a_per_class_chart_and_table(use_small_dataset, tmp_path):
+  for name, hidden in (("small", (16,)), ("wide", (128,))):
+    train.fit(
+      small_config(num_epochs=1, **{"model.hidden_sizes": hidden}),
+      tmp_path / name,
+      show_progress=False,
+    )
+  text = analysis.compare([tmp_path / "small", tmp_path / "wide"], tmp_path / "out")
+  assert (tmp_path / "out" / "per_class_f1.png").read_bytes().startswith(b"\x89PNG")
+  assert "| Trouser |" in text and "| class | small | wide |" in text
+  assert analysis.main([str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
