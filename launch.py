@@ -34,6 +34,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; default runs/<config file name>.")
 _DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks instead of one-line errors.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show the per-epoch progress bar.")
+_DRY_RUN = flags.DEFINE_bool(
+  "dry_run", False, "Print the resolved config, parameters per layer and the plan; train nothing."
+)
 flags.mark_flag_as_required("config")
 
 
@@ -87,6 +90,9 @@ def main(argv):
   is_sweep = bool(config.sweep.grid or config.sweep.zip)
   is_ensemble = bool(config.ensemble.members)
   try:
+    if _DRY_RUN.value:
+      print(cli.dry_run(config, workdir))
+      return 0
     if is_ensemble:
       results = runs.fit_ensemble(config, workdir, show_progress=_PROGRESS.value)
     elif is_sweep:

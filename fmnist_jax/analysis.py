@@ -234,7 +234,10 @@ def plot_per_class_f1(per_model: Mapping[str, Mapping[str, Any]], path: pathlib.
   ax.set_ylabel("test F1")
   ax.set_title(title, fontsize=10)
   ax.grid(axis="y", alpha=0.3)
-  ax.legend(fontsize="small", ncol=min(num_models, 4), loc="lower right")
+  # Below the class names, so no bar is hidden.
+  ax.legend(
+    fontsize="small", ncol=min(num_models, 4), loc="upper center", bbox_to_anchor=(0.5, -0.22)
+  )
   fig.tight_layout()
   fig.savefig(path, dpi=FIGURE_DPI)
   plt.close(fig)
@@ -345,7 +348,7 @@ def write_run_outputs(
 
 
 def per_class_f1_of(workdir: pathlib.Path) -> tuple[str, dict]:
-  """(name, {"mean", "std"} per-class test F1) of a run or of an ensemble workdir."""
+  """("name (N seeds)", {"mean", "std"} per-class test F1) of a run or an ensemble workdir."""
   results_path = workdir / "results.json"
   if not results_path.exists():
     raise FileNotFoundError(
@@ -353,8 +356,10 @@ def per_class_f1_of(workdir: pathlib.Path) -> tuple[str, dict]:
     )
   results = json.loads(results_path.read_text())
   if "ensemble_summary" in results:  # an ensemble workdir (fmnist_jax/runs.py)
-    return workdir.name, results["ensemble_summary"]["test"]["f1"]
-  return workdir.name, results["summary"]["test"]["f1"]
+    count, f1 = len(results["pairs"]), results["ensemble_summary"]["test"]["f1"]
+  else:
+    count, f1 = len(results["members"]), results["summary"]["test"]["f1"]
+  return f"{workdir.name} ({count} seed{'s' if count > 1 else ''})", f1
 
 
 def compare(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path) -> str:

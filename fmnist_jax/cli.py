@@ -81,3 +81,41 @@ def parse_flags(argv):
     fail(f"bad config override: {error}; configs/base.py lists every key and its type")
   except (OSError, SyntaxError, ImportError, NameError) as error:
     fail(f"config file {path} failed to load: {type(error).__name__}: {error}")
+
+
+def dry_run(config, workdir: pathlib.Path) -> str:
+  """What a run of `config` would do, without data or training: the resolved config, the
+  model's parameters per layer, the programs and members, and the workdir's state."""
+  from flax import nnx
+
+  from fmnist_jax import config_checks, metrics, models, runs, sweep
+
+  config_checks.check(config)  # a mistake fails here as it would before training
+  lines = [f"Resolved config:\n{config}"]
+  if config.ensemble.members:
+    block = ["Ensemble of (each trained in, or reused from, its own workdir):"]
+    for name, member in runs.member_configs(config):
+      config_checks.check(member)
+      block.append(f"  {name}: {workdir.parent / name}, {member.num_seeds} seed(s)")
+    lines.append("\n".join(block))
+  else:
+    model = nnx.eval_shape(
+      lambda: models.build(config.model, conv_impl=config.conv_impl, rngs=nnx.Rngs(0))
+    )
+    table = models.param_table(model)
+    rows = [[layer, shapes, f"{count:,}"] for layer, shapes, count in table]
+    rows.append(["total (trainable)", "", f"{models.count_params(model):,}"])
+    lines.append(
+      metrics.render_table(
+        ["Layer", "Parameters", "Count"], rows, title=f"Model {config.model.name}"
+      )
+    )
+    block = []
+    for program in sweep.programs(config):
+      where = workdir / program.name if program.name else workdir
+      seeds = ", ".join(map(str, sorted(set(program.members.seeds))))
+      block.append(f"Program {where}: {len(program.members)} member(s), seeds {seeds}")
+    lines.append("\n".join(block))
+  state = "exists: a rerun resumes it" if (workdir / "config.json").exists() else "new"
+  lines.append(f"Workdir {workdir} ({state}). Nothing was trained (--dry_run).")
+  return "\n\n".join(lines)

@@ -445,3 +445,21 @@ def build(model_config: ConfigDict, *, conv_impl: str = "auto", rngs: nnx.Rngs) 
 def count_params(module: nnx.Module) -> int:
   """Number of trainable parameters (batch-norm statistics excluded)."""
   return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+def param_table(module: nnx.Module) -> list[tuple[str, str, int]]:
+  """(layer path, its parameter shapes, its parameter count) per layer, e.g.
+  ("stages.0.conv", "kernel 3x3x1x32, bias 32", 320)."""
+  layers_: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+  for path, node in nnx.iter_graph(module):
+    if isinstance(node, nnx.Param):
+      *owner, name = map(str, path)
+      layers_.setdefault(".".join(owner), []).append((name, node.shape))
+  return [
+    (
+      layer,
+      ", ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape in params),
+      sum(math.prod(shape) for _, shape in params),
+    )
+    for layer, params in layers_.items()
+  ]

@@ -96,7 +96,7 @@ def load_run(workdir: str | pathlib.Path) -> Run:
 
 
 def _run_logits(runs: list[Run]) -> dict[str, np.ndarray]:
-  """split -> [sum of members, N, C] logits of every member of every run, runs in order."""
+  """split -> [every member of every run, N, C] logits, runs in the given order."""
   first = runs[0]
   for run in runs[1:]:
     if run.config.data.to_dict() != first.config.data.to_dict():

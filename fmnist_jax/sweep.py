@@ -274,9 +274,14 @@ def format_markdown(sweep_results: dict) -> str:
   """The sweep as a markdown table: swept values, then mean +- std (min-max) over seeds."""
   keys, rows, best = sweep_results["swept"], sweep_results["rows"], sweep_results["best"]
   header = [*keys, *_TABLE_METRICS, "epochs"]
+  one_seed = sweep_results["num_seeds"] == 1
+  statistics = (
+    "one seed"
+    if one_seed
+    else (f"mean +- std over {sweep_results['num_seeds']} seeds (min-max in brackets)")
+  )
   lines = [
-    f"Sweep of {', '.join(keys)}: mean +- std over {sweep_results['num_seeds']} seed(s) "
-    f"(min-max in brackets); best by {sweep_results['metric']} in bold.",
+    f"Sweep of {', '.join(keys)}: {statistics}; best by {sweep_results['metric']} in bold.",
     "",
     "| " + " | ".join(header) + " |",
     "|" + "|".join("---" for _ in header) + "|",
@@ -285,11 +290,12 @@ def format_markdown(sweep_results: dict) -> str:
     cells = [_format_value(row["point"][key]) for key in keys]
     for name in _TABLE_METRICS:
       stats = row["stats"].get(name)
-      cells.append(
-        "-"
-        if stats is None
-        else f"{metrics.format_stat(stats)} ({stats['min']:.4f}-{stats['max']:.4f})"
-      )
+      if stats is None:
+        cells.append("-")
+      elif one_seed:
+        cells.append(f"{stats['mean']:.4f}")
+      else:
+        cells.append(f"{metrics.format_stat(stats)} ({stats['min']:.4f}-{stats['max']:.4f})")
     epochs = row["epochs_trained"]
     cells.append(f"{min(epochs)}-{max(epochs)}" if min(epochs) != max(epochs) else str(epochs[0]))
     if row["diverged"]:
@@ -329,7 +335,10 @@ def _plot(workdir: pathlib.Path, sweep_results: dict, histories: dict):
     if min(values) > 0 and max(values) / min(values) >= 10:
       ax.set_xscale("log")
   ax.set_xlabel(x_key)
-  ax.set_ylabel(f"{metric} (mean \u00b1 std, {sweep_results['num_seeds']} seeds)")
+  num_seeds = sweep_results["num_seeds"]
+  ax.set_ylabel(
+    f"{metric} (one seed)" if num_seeds == 1 else f"{metric} (mean \u00b1 std, {num_seeds} seeds)"
+  )
   if any(series):
     ax.legend(fontsize="small")
   ax.grid(alpha=0.3)

@@ -118,3 +118,16 @@ def test_the_default_workdir_names_the_config_and_its_argument():
   assert cli.default_workdir(
     ["launch.py", "--config", "configs/study_one_hidden.py:units"]
   ) == pathlib.Path("runs/study_one_hidden_units")
+
+
+def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path):
+  result = launch("--config=configs/cnn.py", "--dry_run", workdir=tmp_path / "run")
+  assert result.returncode == 0, result.stderr
+  assert "stages.0.conv" in result.stdout and "1,701,130" in result.stdout
+  assert "1 member(s), seeds 0" in result.stdout and "Nothing was trained" in result.stdout
+  assert not (tmp_path / "run").exists()
+  result = launch(
+    "--config=configs/mlp_ensemble.py", "--dry_run", "--config.num_seeds=3", workdir=tmp_path / "e"
+  )
+  assert result.returncode == 0, result.stderr
+  assert f"mlp_2hidden: {tmp_path / 'mlp_2hidden'}, 3 seed(s)" in result.stdout

@@ -176,3 +176,10 @@ def test_build_rejects_unknown_names_and_arguments():
       ConfigDict({"name": "mlp", "hidden_sizes": (8, 8), "dropout_rates": (0.1, 0.1, 0.1)}),
       rngs=nnx.Rngs(0),
     )
+
+
+def test_param_table_lists_every_layer_and_adds_up():
+  model = models.CNN((8, 16), (32,), rngs=nnx.Rngs(0))
+  table = models.param_table(model)
+  assert ("stages.0.conv", "bias 8, kernel 3x3x1x8", 80) in table
+  assert sum(count for _, _, count in table) == models.count_params(model)

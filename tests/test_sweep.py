@@ -116,3 +116,20 @@ def test_a_sweep_writes_its_table_plots_and_survives_a_diverging_member(
   # Rerunning the same sweep resumes every program instead of training again.
   again = sweep.run(config, tmp_path, show_progress=False)
   assert json.dumps(again["rows"]) == json.dumps(swept["rows"])  # NaNs included
+
+
+def test_a_one_seed_sweep_table_shows_plain_values():
+  stats = {"mean": 0.875, "std": 0.0, "min": 0.875, "max": 0.875}
+  row = {
+    "point": {"optimizer.learning_rate": 0.1},
+    "seeds": [0],
+    "epochs_trained": [20],
+    "diverged": 0,
+    "stats": {"val/accuracy": stats},
+  }
+  results = {"swept": ["optimizer.learning_rate"], "rows": [row], "best": None, "num_seeds": 1}
+  results["metric"] = "val/accuracy"
+  markdown = sweep.format_markdown(results)
+  assert "one seed" in markdown and "| 0.1 | 0.8750 | - |" in markdown and "+-" not in markdown
+  results["num_seeds"] = 2
+  assert "0.8750 +- 0.0000 (0.8750-0.8750)" in sweep.format_markdown(results)

@@ -58,8 +58,12 @@ def test_resume_continues_exactly_where_it_stopped(use_small_dataset, tmp_path):
     _final_params(tmp_path / "whole"), _final_params(tmp_path / "resumed"), strict=True
   ):
     np.testing.assert_array_equal(a, b)
-  history = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
-  assert [json.loads(line)["epoch"] for line in history] == [1, 2, 3]
+  history = [
+    json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+  ]
+  assert [record["epoch"] for record in history] == [1, 2, 3]
+  # Training time counts every epoch, the one before the resume included.
+  assert resumed["train_seconds"] == pytest.approx(sum(record["seconds"] for record in history))
 
 
 def test_a_workdir_of_another_config_is_refused(use_small_dataset, tmp_path):
