@@ -321,9 +321,17 @@ def format_stat(stats: Mapping[str, Any], decimals: int = 4) -> str:
 
 
 def format_summary_table(
-  summary: Mapping[str, Mapping[str, Any]], *, num_members: int, title: str | None = None
+  summary: Mapping[str, Mapping[str, Any]],
+  *,
+  num_members: int,
+  title: str | None = None,
+  unit: str = "members",
 ) -> str:
-  """The studies' table with mean +- std over members per cell, and accuracy's min and max."""
+  """The studies' table with mean +- std over members per cell, and accuracy's min and max.
+
+  `unit` names what the statistics run over: "members" (seeds), or "seed pairs" for an
+  ensemble scored once per seed.
+  """
   splits = ordered_splits(list(summary))
   columns = list(_TABLE_COLUMNS)
   if any(_LOSS_COLUMN[0] in summary[split] for split in splits):
@@ -338,7 +346,7 @@ def format_summary_table(
     rows.append([split, *cells, f"{accuracy['min']:.4f}-{accuracy['max']:.4f}"])
   table = render_table(header, rows, title)
   return (
-    table + f"\nmean +- sample std over {num_members} members; Precision, Recall, F1: "
+    table + f"\nmean +- sample std over {num_members} {unit}; Precision, Recall, F1: "
     "unweighted (macro) means over classes."
   )
 

@@ -258,7 +258,10 @@ def format_paired(result: dict, title: str) -> str:
   """The ensemble's studies table (mean +- std over seed pairs), then each run and rule on test."""
   summary = result["rule_summaries"][ENSEMBLE_RULE]
   text = metrics.format_summary_table(
-    summary, num_members=len(result["pairs"]), title=f"{title}\n{result['protocol']}"
+    summary,
+    num_members=len(result["pairs"]),
+    title=f"{title}\n{result['protocol']}",
+    unit="seed pairs (ensemble m = seed m of every member config)",
   )
   rows = [
     [name, *_test_cells(run_summary["test"])]
