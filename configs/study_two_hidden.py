@@ -5,7 +5,7 @@ Keras' BatchNormalization momentum 0.99 / epsilon 1e-3) with B1's recipe
 (Adam lr 3e-4, batch 128, early stopping with patience 15); every combination
 of batch norm (off/on) and dropout (none / 0.2 and 0.4). Four programs.
 
-  python launch.py --config=configs/study_two_hidden.py     # ~30 min on a 2-core CPU
+  python launch.py --config=configs/study_two_hidden.py     # four MLP programs (not timed yet)
 """
 
 from configs import mlp_1hidden
