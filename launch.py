@@ -42,7 +42,7 @@ flags.mark_flag_as_required("config")
 
 def report(results: dict, name: str) -> str:
   """The end-of-run summary: the studies' table (mean +- std over members) and per class."""
-  from fmnist_jax import data, metrics
+  from fmnist_jax import data, ensemble, metrics
 
   members = results["members"]
   epochs = sorted({member["epochs_trained"] for member in members})
@@ -65,7 +65,7 @@ def report(results: dict, name: str) -> str:
     f"\n\n{metrics.format_members_table(members)}"
   )
   if "ensemble" in results:
-    by_split = results["ensemble"]["rules"]["softmax_sum"]
+    by_split = results["ensemble"]["rules"][ensemble.STUDY_RULE]
     accuracies = ", ".join(f"{split} {by_split[split]['accuracy']:.4f}" for split in by_split)
     text += (
       f"\n\nEnsemble of the {len(members)} members (argmax of summed softmax): {accuracies}; "

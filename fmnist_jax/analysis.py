@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fmnist_jax import checkpoint, data, metrics
+from fmnist_jax import checkpoint, data, ensemble, metrics
 
 # Most confused pairs listed in analysis.md, and images in the misclassified gallery.
 NUM_CONFUSED_PAIRS = 10
@@ -85,9 +85,7 @@ def patience_needed(val_losses: Sequence[float]) -> int:
 def read_history(workdir: str | pathlib.Path) -> dict[int, dict[str, list[float]]]:
   """member -> metric (e.g. "val/loss") -> value per epoch, from the workdir's metrics.jsonl."""
   history: dict[int, dict[str, list[float]]] = {}
-  path = pathlib.Path(workdir) / "metrics.jsonl"
-  for line in path.read_text().splitlines() if path.exists() else ():
-    record = json.loads(line)
+  for record in checkpoint.read_metrics(workdir):
     if record.get("phase") == "pretrain":
       continue
     per_metric = history.setdefault(record["member"], {})
@@ -340,6 +338,17 @@ def write_run_outputs(
   )
   plot_learning_curves(history, outputs["curves"], name)
   return list(outputs.values())
+
+
+def write_ensemble_outputs(workdir: pathlib.Path, name: str, result: Mapping[str, Any]):
+  """per_class_f1.png of an ensemble run (`runs.fit_ensemble`): its members and itself."""
+  if not checkpoint.is_writer():
+    return
+  f1 = {member: summary["test"]["f1"] for member, summary in result["run_summaries"].items()}
+  f1[f"{name} ({ensemble.STUDY_RULE})"] = result["ensemble_summary"]["test"]["f1"]
+  plot_per_class_f1(
+    f1, pathlib.Path(workdir) / "per_class_f1.png", f"{name}: test F1 per class (mean +- std)"
+  )
 
 
 # ---------------------------------------------------------------------------

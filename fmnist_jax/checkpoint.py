@@ -31,6 +31,30 @@ def _comparable(config_dict: dict) -> dict:
   return {k: v for k, v in config_dict.items() if k not in RESUMABLE_KEYS}
 
 
+def config_json(config: ConfigDict) -> str:
+  """The config as config.json holds it."""
+  return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def read_metrics(workdir: pathlib.Path) -> list[dict]:
+  """Every line of a workdir's metrics.jsonl (none when it has none yet)."""
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def is_finished(workdir: pathlib.Path, config: ConfigDict) -> bool:
+  """True when `workdir` holds a finished run (results.json) of exactly `config`."""
+  workdir = pathlib.Path(workdir)
+  saved = workdir / "config.json"
+  return (
+    (workdir / "results.json").exists()
+    and saved.exists()
+    and json.loads(saved.read_text()) == json.loads(config_json(config))
+  )
+
+
 def is_writer() -> bool:
   return jax.process_index() == 0
 
@@ -49,10 +73,10 @@ class RunDir:
     self.path = pathlib.Path(workdir).absolute()
     try:
       self.path.mkdir(parents=True, exist_ok=True)
-      config_json = config.to_json_best_effort(indent=2, sort_keys=True)
+      current_json = config_json(config)
       config_path = self.path / "config.json"
       if config_path.exists():
-        saved, current = json.loads(config_path.read_text()), json.loads(config_json)
+        saved, current = json.loads(config_path.read_text()), json.loads(current_json)
         if _comparable(saved) != _comparable(current):
           changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
           raise ConfigError(
@@ -61,7 +85,7 @@ class RunDir:
             f"start over"
           )
       if is_writer():
-        config_path.write_text(config_json + "\n")
+        config_path.write_text(current_json + "\n")
     except OSError as error:
       raise UserError(
         f"cannot write to workdir {self.path}: {error.strerror}; pass a writable --workdir"
@@ -105,9 +129,7 @@ class RunDir:
         f.write(json.dumps(record) + "\n")
 
   def read_metrics(self) -> list[dict]:
-    if not self.metrics_path.exists():
-      return []
-    return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+    return read_metrics(self.path)
 
   def save(self, epoch: int, payload: Any, *, best_payload: Any = None):
     """Saves `payload` as the latest, and `best_payload` (the best weights) when given."""

@@ -42,9 +42,9 @@ def default_workdir(argv) -> pathlib.Path:
   return pathlib.Path("runs") / name
 
 
-def _available_configs() -> str:
-  names = sorted(p.name for p in CONFIGS_DIR.glob("*.py") if not p.name.startswith("_"))
-  return ", ".join(f"configs/{n}" for n in names)
+def available_configs() -> list[str]:
+  """The experiment configs' names (configs/<name>.py; files starting with _ are private)."""
+  return sorted(p.stem for p in CONFIGS_DIR.glob("*.py") if not p.stem.startswith("_"))
 
 
 def parse_flags(argv):
@@ -53,7 +53,8 @@ def parse_flags(argv):
     return flags.FLAGS(argv)
   path = _config_path(argv)
   if path is not None and not pathlib.Path(path).is_file():
-    fail(f"config file {path} not found; choose one of: {_available_configs()}")
+    choices = ", ".join(f"configs/{name}.py" for name in available_configs())
+    fail(f"config file {path} not found; choose one of: {choices}")
   try:
     return flags.FLAGS(argv)
   except flags.Error as error:

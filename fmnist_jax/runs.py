@@ -22,12 +22,8 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from fmnist_jax import checkpoint, config_checks, data, ensemble, metrics, train
-from fmnist_jax.cli import CONFIGS_DIR
+from fmnist_jax import checkpoint, cli, config_checks, data, ensemble, metrics, train
 from fmnist_jax.errors import ConfigError, UserError
-
-# The studies' rule (B3, B6): argmax of the summed softmax outputs.
-ENSEMBLE_RULE = "softmax_sum"
 
 
 def _tuples(value):
@@ -184,12 +180,12 @@ def member_configs(config: ConfigDict) -> list[tuple[str, ConfigDict]]:
   """(name, config) of each `config.ensemble.members` entry, with the ensemble's seeds."""
   import importlib
 
-  available = sorted(p.stem for p in CONFIGS_DIR.glob("*.py") if not p.stem.startswith("_"))
+  available = cli.available_configs()
   result = []
   for name in config.ensemble.members:
     if name not in available:
       raise ConfigError(
-        f"config.ensemble.members names {name!r}, which is not a config in {CONFIGS_DIR}; "
+        f"config.ensemble.members names {name!r}, which is not a config in {cli.CONFIGS_DIR}; "
         f"choose from {available}"
       )
     member = importlib.import_module(f"configs.{name}").get_config()
@@ -205,17 +201,6 @@ def member_configs(config: ConfigDict) -> list[tuple[str, ConfigDict]]:
       f"two member configs"
     )
   return result
-
-
-def _finished(workdir: pathlib.Path, config: ConfigDict) -> bool:
-  """True when `workdir` holds a finished run of exactly `config`."""
-  saved = workdir / "config.json"
-  return (
-    (workdir / "results.json").exists()
-    and saved.exists()
-    and json.loads(saved.read_text())
-    == json.loads(config.to_json_best_effort(indent=2, sort_keys=True))
-  )
 
 
 def fit_ensemble(
@@ -235,28 +220,24 @@ def fit_ensemble(
   for name, member in members:
     member_dir = workdir.parent / name
     member_dirs.append(member_dir)
-    if _finished(member_dir, member):
+    if checkpoint.is_finished(member_dir, member):
       print(f"ensemble member {name}: reusing the finished run in {member_dir}", flush=True)
       continue
     print(f"ensemble member {name}: training in {member_dir}", flush=True)
     train.fit(member, member_dir, show_progress=show_progress)
   result = evaluate_paired(member_dirs)
-  result["ensemble_summary"] = result["rule_summaries"][ENSEMBLE_RULE]
+  result["ensemble_summary"] = result["rule_summaries"][ensemble.STUDY_RULE]
   run_dir.write_results(result)
-  if config.figures and checkpoint.is_writer():
-    from fmnist_jax import analysis
+  if config.figures:
+    from fmnist_jax import analysis  # matplotlib only when figures are wanted
 
-    f1 = {name: summary["test"]["f1"] for name, summary in result["run_summaries"].items()}
-    f1[f"{workdir.name} ({ENSEMBLE_RULE})"] = result["ensemble_summary"]["test"]["f1"]
-    analysis.plot_per_class_f1(
-      f1, run_dir.path / "per_class_f1.png", f"{workdir.name}: test F1 per class (mean +- std)"
-    )
+    analysis.write_ensemble_outputs(run_dir.path, workdir.name, result)
   return result
 
 
 def format_paired(result: dict, title: str) -> str:
   """The ensemble's studies table (mean +- std over seed pairs), then each run and rule on test."""
-  summary = result["rule_summaries"][ENSEMBLE_RULE]
+  summary = result["rule_summaries"][ensemble.STUDY_RULE]
   text = metrics.format_summary_table(
     summary,
     num_members=len(result["pairs"]),
@@ -271,10 +252,10 @@ def format_paired(result: dict, title: str) -> str:
     [f"ensemble: {rule}", *_test_cells(result["rule_summaries"][rule]["test"])]
     for rule in ensemble.RULES
   ]
-  all_members = result["all_members"]["rules"][ENSEMBLE_RULE]["test"]
+  all_members = result["all_members"]["rules"][ensemble.STUDY_RULE]["test"]
   rows.append(
     [
-      f"all {len(result['all_members']['member_names'])} models ({ENSEMBLE_RULE})",
+      f"all {len(result['all_members']['member_names'])} models ({ensemble.STUDY_RULE})",
       f"{all_members['accuracy']:.4f}",
       f"{all_members['f1_macro']:.4f}",
     ]
