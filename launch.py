@@ -82,10 +82,11 @@ def main(argv):
     )
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   # Imported after flag parsing so `--help` and flag errors are instant.
-  from fmnist_jax import runs, sweep, train
-  from fmnist_jax.errors import UserError
+  from fmnist_jax import parallel, runs, sweep, train
+  from fmnist_jax.errors import Preempted, UserError
 
   config = _CONFIG.value
+  parallel.initialize(config.parallel)  # multi-host only; before any other JAX call
   workdir = pathlib.Path(_WORKDIR.value or cli.default_workdir(sys.argv))
   is_sweep = bool(config.sweep.grid or config.sweep.zip)
   is_ensemble = bool(config.ensemble.members)
@@ -104,6 +105,9 @@ def main(argv):
       raise
     print(f"error: {error}", file=sys.stderr)
     return cli.EXIT_USER_ERROR
+  except Preempted as stop:
+    print(f"\n{stop}", file=sys.stderr)
+    return cli.EXIT_PREEMPTED
   except KeyboardInterrupt:
     # `uv run` forwards the terminal's SIGINT too; a second one must not break the shutdown.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

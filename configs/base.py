@@ -83,5 +83,15 @@ def get_config() -> ConfigDict:
   config.checkpoint = ckpt = ConfigDict()
   ckpt.enabled = True  # orbax checkpoints in <workdir>/checkpoints (latest) and best/
   ckpt.max_to_keep = 2  # latest checkpoints kept; the best is kept separately
+  # Save the training state every this many epochs (asynchronously), and always at the
+  # end and on SIGTERM. A resume replays the epochs after the last save exactly.
+  ckpt.every_epochs = 1
+
+  # Data parallelism (fmnist_jax/parallel.py); a resume may change these.
+  config.parallel = par = ConfigDict()
+  par.num_devices = 0  # 0 = every device of every host; batch sizes must divide by it
+  par.distributed = (
+    False  # jax.distributed.initialize() first (multi-host; or $FMNIST_DISTRIBUTED=1)
+  )
 
   return config

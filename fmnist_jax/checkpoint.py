@@ -23,8 +23,9 @@ from ml_collections import ConfigDict
 
 from fmnist_jax.errors import ConfigError, UserError
 
-# Config keys a resumed run may change: extending training is a normal resume.
-RESUMABLE_KEYS = ("num_epochs",)
+# Config keys a resumed run may change: extending training, and moving to another
+# number of devices (checkpoints restore onto any of them).
+RESUMABLE_KEYS = ("num_epochs", "parallel")
 
 
 def _comparable(config_dict: dict) -> dict:
@@ -93,11 +94,18 @@ class RunDir:
     self.metrics_path = self.path / "metrics.jsonl"
     self._managers = None
     if checkpoints:
-      options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-      best_options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+      def options(keep: int, name: str):
+        # Own barrier names: on several hosts, two managers saving the same epoch would
+        # otherwise meet at one barrier ("_async_commit_complete.<epoch>") and fail.
+        return ocp.CheckpointManagerOptions(
+          max_to_keep=keep,
+          create=True,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name),
+        )
+
       self._managers = (
-        ocp.CheckpointManager(self.path / "checkpoints", options=options),
-        ocp.CheckpointManager(self.path / "best", options=best_options),
+        ocp.CheckpointManager(self.path / "checkpoints", options=options(max_to_keep, "latest")),
+        ocp.CheckpointManager(self.path / "best", options=options(1, "best")),
       )
 
   def restore_latest(self, abstract_payload: Any) -> tuple[int, Any] | None:
@@ -131,14 +139,15 @@ class RunDir:
   def read_metrics(self) -> list[dict]:
     return read_metrics(self.path)
 
-  def save(self, epoch: int, payload: Any, *, best_payload: Any = None):
-    """Saves `payload` as the latest, and `best_payload` (the best weights) when given."""
-    if not self._managers:
-      return
-    latest, best_manager = self._managers
-    latest.save(epoch, args=ocp.args.StandardSave(payload))
-    if best_payload is not None:
-      best_manager.save(epoch, args=ocp.args.StandardSave(best_payload))
+  def save(self, epoch: int, payload: Any):
+    """Saves the training state `payload` of `epoch` as the latest (asynchronously)."""
+    if self._managers:
+      self._managers[0].save(epoch, args=ocp.args.StandardSave(payload))
+
+  def save_best(self, epoch: int, payload: Any):
+    """Saves the best weights `payload` (reached at `epoch`), replacing the previous best."""
+    if self._managers:
+      self._managers[1].save(epoch, args=ocp.args.StandardSave(payload))
 
   def write_results(self, results: dict):
     if is_writer():

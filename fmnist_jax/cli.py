@@ -12,6 +12,7 @@ import sys
 from absl import flags
 
 EXIT_USER_ERROR = 2
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, as if the signal had ended the process
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -87,9 +88,10 @@ def parse_flags(argv):
 def dry_run(config, workdir: pathlib.Path) -> str:
   """What a run of `config` would do, without data or training: the resolved config, the
   model's parameters per layer, the programs and members, and the workdir's state."""
+  import jax
   from flax import nnx
 
-  from fmnist_jax import config_checks, metrics, models, runs, sweep
+  from fmnist_jax import config_checks, metrics, models, parallel, runs, sweep
 
   config_checks.check(config)  # a mistake fails here as it would before training
   lines = [f"Resolved config:\n{config}"]
@@ -116,6 +118,11 @@ def dry_run(config, workdir: pathlib.Path) -> str:
       where = workdir / program.name if program.name else workdir
       seeds = ", ".join(map(str, sorted(set(program.members.seeds))))
       block.append(f"Program {where}: {len(program.members)} member(s), seeds {seeds}")
+    layout = parallel.make_layout(config)
+    block.append(
+      f"Devices: {layout.num_devices} {jax.devices()[0].platform} "
+      + (f"(batch {config.batch_size // layout.num_devices} per device)" if layout.mesh else "")
+    )
     lines.append("\n".join(block))
   state = "exists: a rerun resumes it" if (workdir / "config.json").exists() else "new"
   lines.append(f"Workdir {workdir} ({state}). Nothing was trained (--dry_run).")

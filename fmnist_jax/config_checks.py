@@ -57,8 +57,17 @@ def _get(config: ConfigDict, dotted: str):
 
 def check(config: ConfigDict, *, num_train: int | None = None, has_validation: bool = True):
   """Raises ConfigError for the first impossible value; `num_train` enables size checks."""
-  for key in ("num_epochs", "num_seeds", "batch_size", "eval_batch_size", "checkpoint.max_to_keep"):
+  for key in (
+    "num_epochs",
+    "num_seeds",
+    "batch_size",
+    "eval_batch_size",
+    "checkpoint.max_to_keep",
+    "checkpoint.every_epochs",
+  ):
     _positive_int(config, key)
+  if not isinstance(config.parallel.num_devices, int) or config.parallel.num_devices < 0:
+    _fail("parallel.num_devices", config.parallel.num_devices, "must be 0 (all devices) or more")
   if num_train is not None and config.batch_size > num_train:
     _fail(
       "batch_size",

@@ -16,3 +16,7 @@ class DataError(UserError):
 
 class ConfigError(UserError):
   """A config value is unknown, of the wrong type or impossible."""
+
+
+class Preempted(Exception):
+  """SIGTERM stopped a run after saving its checkpoint; rerunning the command resumes it."""

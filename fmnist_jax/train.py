@@ -32,8 +32,18 @@ import optax
 from flax import nnx
 from ml_collections import ConfigDict
 
-from fmnist_jax import analysis, checkpoint, config_checks, data, ensemble, metrics, models
+from fmnist_jax import (
+  analysis,
+  checkpoint,
+  config_checks,
+  data,
+  ensemble,
+  metrics,
+  models,
+  parallel,
+)
 from fmnist_jax import progress as progress_lib
+from fmnist_jax.errors import Preempted
 
 # Keys of the per-epoch random streams (folded into the run key with the epoch).
 _TRAIN_STREAM, _PRETRAIN_STREAM = 0, 1
@@ -243,6 +253,7 @@ class Trainer:
     make_tx=None,
     num_epochs=None,
     num_members: int = 1,
+    layout: parallel.Layout = parallel.SINGLE_DEVICE,
   ) -> "Trainer":
     def build(key):
       return models.build(config.model, conv_impl=config.conv_impl, rngs=nnx.Rngs(params=key))
@@ -272,9 +283,11 @@ class Trainer:
       )
 
     train_step, train_epoch = make_train_epoch(
-      train_graphdef, tx, preprocess, loss_fn, config.batch_size
+      train_graphdef, tx, preprocess, loss_fn, config.batch_size, layout.split_batch
     )
-    evaluate, predict = make_evaluate(eval_graphdef, preprocess, config.eval_batch_size)
+    evaluate, predict = make_evaluate(
+      eval_graphdef, preprocess, config.eval_batch_size, layout.split_batch
+    )
 
     def over(fn, in_axes):
       return _over_members(fn, in_axes, num_members)
@@ -295,16 +308,16 @@ class Trainer:
       eval_batch_size=config.eval_batch_size,
       steps_per_epoch=steps,
       num_members=num_members,
-      init=jax.jit(init),
-      train_step=jax.jit(train_step, donate_argnums=0),
-      train_epoch=jax.jit(train_epoch, donate_argnums=0),
-      evaluate=jax.jit(evaluate),
-      predict=jax.jit(predict),
-      init_members=jax.jit(over(init, (0, 0))),
-      init_optimizer_members=jax.jit(over(init_optimizer, (0, 0))),
-      train_members=jax.jit(train_members, donate_argnums=0),
-      evaluate_members=jax.jit(over(evaluate, (0, None, None))),
-      predict_members=jax.jit(over(predict, (0, None))),
+      init=layout.jit(init),
+      train_step=layout.jit(train_step, donate_argnums=0),
+      train_epoch=layout.jit(train_epoch, donate_argnums=0),
+      evaluate=layout.jit(evaluate),
+      predict=layout.jit(predict),
+      init_members=layout.jit(over(init, (0, 0))),
+      init_optimizer_members=layout.jit(over(init_optimizer, (0, 0))),
+      train_members=layout.jit(train_members, donate_argnums=0),
+      evaluate_members=layout.jit(over(evaluate, (0, None, None))),
+      predict_members=layout.jit(over(predict, (0, None))),
     )
 
   def init_state(self, members: "Members") -> TrainState:
@@ -336,8 +349,11 @@ def _epoch_batches(key, num_examples: int, batch_size: int):
   return indices.reshape(steps, batch_size), weights.reshape(steps, batch_size)
 
 
-def make_train_epoch(graphdef, tx, preprocess, loss_fn, batch_size: int):
-  """The pure train step and one epoch of it as one compiled lax.scan over shuffled batches."""
+def make_train_epoch(graphdef, tx, preprocess, loss_fn, batch_size: int, split_batch=lambda b: b):
+  """The pure train step and one epoch of it as one compiled lax.scan over shuffled batches.
+
+  `split_batch` places each gathered batch (on a mesh: split over the data axis).
+  """
 
   def train_step(state: TrainState, batch, key):
     """One optimizer step on (uint8 images, labels, 0/1 weights) with dropout key `key`."""
@@ -369,7 +385,7 @@ def make_train_epoch(graphdef, tx, preprocess, loss_fn, batch_size: int):
     def body(state, step_inputs):
       batch_indices, batch_weights, step_key = step_inputs
       batch = (images_Nx28x28[batch_indices], labels_N[batch_indices], batch_weights)
-      return train_step(state, batch, step_key)
+      return train_step(state, split_batch(batch), step_key)
 
     return jax.lax.scan(body, state, (indices, weights, step_keys))
 
@@ -383,12 +399,12 @@ def _padded_batches(array, batch_size: int):
   return padded.reshape(steps, batch_size, *array.shape[1:])
 
 
-def make_evaluate(graphdef, preprocess, batch_size: int):
+def make_evaluate(graphdef, preprocess, batch_size: int, split_batch=lambda b: b):
   """Jitted evaluation (confusion matrix and loss sum) and prediction, scanned over batches."""
 
   def logits_fn(state: TrainState, images):
     model = nnx.merge(graphdef, state.params, state.model_state)
-    return model(preprocess(images))
+    return model(preprocess(split_batch(images)))
 
   def evaluate(state: TrainState, images_Nx28x28, labels_N):
     weights = jnp.ones(labels_N.shape, jnp.float32)
@@ -487,7 +503,9 @@ def _non_finite_error(loss, step: int, epoch: int, learning_rate: float) -> Floa
   )
 
 
-def _pretrain(config, trainer_args, members: Members, state, device_data, log) -> TrainState:
+def _pretrain(
+  config, trainer_args, members: Members, state, device_data, log, layout
+) -> TrainState:
   """Trains the autoencoders on reconstruction; returns states with their own, fresh optimizer."""
   pre = config.pretrain
 
@@ -502,6 +520,7 @@ def _pretrain(config, trainer_args, members: Members, state, device_data, log) -
     loss_fn=reconstruction_loss(pre.loss),
     make_tx=make_tx,
     num_members=len(members),
+    layout=layout,
   )
   # A copy: train_members donates its state, and `state` must stay valid for the caller.
   pre_state = jax.tree.map(jnp.copy, state)
@@ -579,17 +598,20 @@ def fit(
     max_to_keep=config.checkpoint.max_to_keep,
   )
 
+  layout = parallel.make_layout(config)
   device_data = {
-    name: (jax.device_put(split.images), jax.device_put(split.labels))
+    name: (layout.replicate(split.images), layout.replicate(split.labels))
     for name, split in dataset.splits().items()
   }
   members = members or members_of(config)
   num_members = len(members)
   trainer_args = (dataset.train.images, len(dataset.train))
-  trainer = Trainer.create(config, *trainer_args, num_members=num_members)
+  trainer = Trainer.create(config, *trainer_args, num_members=num_members, layout=layout)
   state = trainer.init_state(members)
   num_params = models.count_params(trainer.model(member(state, 0)))
-  early = EarlyStopping.create(state, num_members)
+  # Jitted, so its arrays live where the state does (replicated on a mesh).
+  new_early_stopping = layout.jit(partial(EarlyStopping.create, num_members=num_members))
+  early = new_early_stopping(state)
   es_config = config.early_stopping
   has_val = "val" in device_data
   update_members = jax.jit(
@@ -606,21 +628,32 @@ def fit(
     start_epoch, payload = restored
     state, early = payload["state"], payload["early_stopping"]
   elif config.pretrain.num_epochs > 0:
-    pretrained = _pretrain(config, trainer_args, members, state, device_data, run.log_metrics)
+    pretrained = _pretrain(
+      config, trainer_args, members, state, device_data, run.log_metrics, layout
+    )
     state = state.replace(
       params=pretrained.params,
       model_state=pretrained.model_state,
       opt_state=trainer.init_optimizer_members(pretrained.params, members.stacked_hyperparams()),
     )
-    early = EarlyStopping.create(state, num_members)
+    early = new_early_stopping(state)
 
   def active_members() -> np.ndarray:
     stopped, diverged = jax.device_get((early.stopped, early.diverged))
     return ~diverged & ~(stopped & es_config.enabled)
 
   bar = progress_lib.EpochBar(
-    config.num_epochs, start_epoch, enabled=show_progress, desc=config.model.name
+    config.num_epochs,
+    start_epoch,
+    enabled=show_progress and checkpoint.is_writer(),
+    desc=config.model.name,
   )
+  saved_epoch = trained_epoch = start_epoch
+
+  def save():
+    run.save(trained_epoch, {"state": state, "early_stopping": early})
+
+  preemption = parallel.PreemptionSignal()
   try:
     for epoch in range(start_epoch, config.num_epochs):
       active = active_members()
@@ -690,17 +723,26 @@ def fit(
       for record in active_records:
         record["seconds"] = seconds
         run.log_metrics(record)
-      improved = has_val and bool((np.asarray(early.best_epoch) == epoch).any())
-      run.save(
-        epoch + 1,
-        {"state": state, "early_stopping": early},
-        best_payload=(
-          {"params": early.best_params, "model_state": early.best_model_state} if improved else None
-        ),
-      )
+      trained_epoch = epoch + 1
+      if has_val and (np.asarray(early.best_epoch) == epoch).any():
+        run.save_best(
+          trained_epoch, {"params": early.best_params, "model_state": early.best_model_state}
+        )
+      preempted = preemption.received()
+      if preempted or trained_epoch % config.checkpoint.every_epochs == 0:
+        save()
+        saved_epoch = trained_epoch
       bar.update(_mean_record(active_records, num_active=int(active.sum())))
+      if preempted:
+        raise Preempted(
+          f"stopped by SIGTERM (preemption) after epoch {trained_epoch}; its checkpoint is in "
+          f"{run.path}: rerun the same command to resume"
+        )
+    if trained_epoch > saved_epoch:  # early stopping ended the run between two saves
+      save()
   finally:
-    # A NaN or Ctrl-C must not cut off an asynchronous save of the last good epoch.
+    # A NaN, Ctrl-C or SIGTERM must not cut off an asynchronous save of the last good epoch.
+    preemption.close()
     bar.close()
     run.wait()
 

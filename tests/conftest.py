@@ -80,19 +80,9 @@ def synthetic_fmnist(monkeypatch):
 @pytest.fixture(scope="session")
 def small_dataset(real_data_dir):
   """The first 2,000 / 500 / 1,000 real images: large enough to learn, small enough to be fast."""
-  from small import NUM_TEST, NUM_TRAIN, NUM_VAL
+  from small import small_dataset
 
-  train_split, test_split = data.load_arrays(real_data_dir)
-
-  def head(split, start, count):
-    return data.Split(split.images[start : start + count], split.labels[start : start + count])
-
-  return data.Dataset(
-    train=head(train_split, 0, NUM_TRAIN),
-    validation=head(train_split, NUM_TRAIN, NUM_VAL),
-    test=head(test_split, 0, NUM_TEST),
-    source="test subset",
-  )
+  return small_dataset(real_data_dir)
 
 
 @pytest.fixture

@@ -125,6 +125,7 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path):
   assert result.returncode == 0, result.stderr
   assert "stages.0.conv" in result.stdout and "1,701,130" in result.stdout
   assert "1 member(s), seeds 0" in result.stdout and "Nothing was trained" in result.stdout
+  assert "Devices: 1 cpu" in result.stdout
   assert not (tmp_path / "run").exists()
   result = launch(
     "--config=configs/mlp_ensemble.py", "--dry_run", "--config.num_seeds=3", workdir=tmp_path / "e"

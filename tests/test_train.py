@@ -8,19 +8,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from ml_collections import ConfigDict
-from small import NUM_TRAIN, small_config
+from small import NUM_TRAIN, saved_params, small_config
 
 from fmnist_jax import data, train
 
 CHANCE = 1 / data.NUM_CLASSES
-
-
-def _final_params(workdir):
-  """The parameters in the latest checkpoint, read back by orbax alone (no fmnist_jax)."""
-  manager = ocp.CheckpointManager(workdir / "checkpoints")
-  restored = manager.restore(manager.latest_step())
-  manager.close()
-  return jax.tree.leaves(restored["state"]["params"])
 
 
 def test_mlp_learns_well_above_chance(use_small_dataset, tmp_path):
@@ -38,7 +30,7 @@ def test_same_seed_is_bit_identical_and_another_seed_is_not(use_small_dataset, t
     for i, seed in enumerate([0, 0, 1])
   ]
   assert runs[0]["members"][0]["metrics"] == runs[1]["members"][0]["metrics"]
-  for a, b in zip(_final_params(tmp_path / "0"), _final_params(tmp_path / "1"), strict=True):
+  for a, b in zip(saved_params(tmp_path / "0"), saved_params(tmp_path / "1"), strict=True):
     np.testing.assert_array_equal(a, b)
   assert (
     runs[0]["members"][0]["metrics"]["val"]["loss"]
@@ -55,7 +47,7 @@ def test_resume_continues_exactly_where_it_stopped(use_small_dataset, tmp_path):
   resumed = train.fit(config, tmp_path / "resumed", show_progress=False)
   assert resumed["members"] == uninterrupted["members"]
   for a, b in zip(
-    _final_params(tmp_path / "whole"), _final_params(tmp_path / "resumed"), strict=True
+    saved_params(tmp_path / "whole"), saved_params(tmp_path / "resumed"), strict=True
   ):
     np.testing.assert_array_equal(a, b)
   history = [
@@ -229,7 +221,7 @@ def test_each_vmapped_member_equals_a_separate_run_with_its_seed(use_small_datas
   for split in ("train", "val", "test"):
     assert vmapped[split]["loss"] == pytest.approx(single[split]["loss"], rel=1e-4)
     assert vmapped[split]["accuracy"] == pytest.approx(single[split]["accuracy"], abs=2e-3)
-  for a, b in zip(_final_params(tmp_path / "3"), _final_params(tmp_path / "1"), strict=True):
+  for a, b in zip(saved_params(tmp_path / "3"), saved_params(tmp_path / "1"), strict=True):
     np.testing.assert_allclose(a[2], b[0], rtol=1e-4, atol=1e-5)
   # Different seeds really are different models, and the summary is their statistics.
   accuracies = [m["metrics"]["test"]["accuracy"] for m in together["members"]]

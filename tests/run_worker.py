@@ -1,0 +1,96 @@
+"""Training in a process of its own, for tests that need one: fake devices, kill -9.
+
+  python tests/run_worker.py WORKDIR [--model=small|mlp_baseline|cnn] [--devices=N]
+      [--epochs=N] [--num_train=N] [--every=N] [--kill=commit:EPOCH|logged:EPOCH]
+      [--coordinator=HOST:PORT --num_processes=N --process_id=I]
+
+Trains on the small real subset (tests/small.py). `--kill` sends this process
+SIGKILL at a chosen point: `commit:E` once epoch E's checkpoint is fully written
+but not yet committed (orbax's atomic rename), `logged:E` once epoch E's metrics
+are written but before its checkpoint is saved. Set XLA_FLAGS in the environment
+for fake CPU devices. `--coordinator` makes it one process of a multi-process
+("multi-host") run on this machine, its processes talking over gloo.
+"""
+
+import argparse
+import os
+import pathlib
+import signal
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from small import override, small_config, small_dataset  # noqa: E402
+
+from configs import cnn, mlp_baseline  # noqa: E402
+from fmnist_jax import checkpoint, data, train  # noqa: E402
+
+MODELS = {"small": small_config, "mlp_baseline": mlp_baseline.get_config, "cnn": cnn.get_config}
+
+
+def config_for(model: str, **overrides):
+  config = MODELS[model]()
+  return override(config, figures=False, **{"early_stopping.enabled": False}, **overrides)
+
+
+def kill_self():
+  os.kill(os.getpid(), signal.SIGKILL)
+
+
+def arm_kill(spec: str):
+  where, epoch = spec.split(":")
+  if where == "commit":  # orbax commits `<step>.orbax-checkpoint-tmp` by renaming it `<step>`
+    rename = os.rename
+
+    def rename_then_die(source, target, *args, **kwargs):
+      if pathlib.Path(target).parent.name == "checkpoints" and pathlib.Path(target).name == epoch:
+        kill_self()
+      return rename(source, target, *args, **kwargs)
+
+    os.rename = rename_then_die
+  elif where == "logged":
+    log_metrics = checkpoint.RunDir.log_metrics
+
+    def log_then_die(self, record):
+      log_metrics(self, record)
+      if record.get("epoch") == int(epoch) and "phase" not in record:
+        kill_self()
+
+    checkpoint.RunDir.log_metrics = log_then_die
+  else:
+    raise ValueError(f"unknown --kill {spec}")
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("workdir", type=pathlib.Path)
+  parser.add_argument("--model", default="small", choices=sorted(MODELS))
+  parser.add_argument("--devices", type=int, default=1)
+  parser.add_argument("--epochs", type=int, default=3)
+  parser.add_argument("--num_train", type=int, default=2_000)
+  parser.add_argument("--every", type=int, default=1)
+  parser.add_argument("--kill")
+  parser.add_argument("--coordinator")
+  parser.add_argument("--num_processes", type=int)
+  parser.add_argument("--process_id", type=int)
+  args = parser.parse_args()
+  if args.coordinator:
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  dataset = small_dataset(data.find_data_dir(None), args.num_train)
+  data.load = lambda config: dataset
+  if args.kill:
+    arm_kill(args.kill)
+  config = config_for(
+    args.model,
+    num_epochs=args.epochs,
+    **{"parallel.num_devices": args.devices, "checkpoint.every_epochs": args.every},
+  )
+  train.fit(config, args.workdir, show_progress=False)
+
+
+if __name__ == "__main__":
+  main()

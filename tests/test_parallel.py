@@ -1,0 +1,137 @@
+"""Data parallelism on 8 fake CPU devices: the same model as one device, checkpoints that move.
+
+Each run is a process of its own (tests/run_worker.py), because the device count
+is fixed when JAX starts.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import types
+
+import jax
+import numpy as np
+import pytest
+from small import WORKER, saved_params, small_config
+
+from fmnist_jax import checkpoint, parallel, runs
+from fmnist_jax.errors import ConfigError
+
+EIGHT_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+
+
+def train_in_process(workdir, **flags):
+  args = [f"--{key}={value}" for key, value in flags.items()]
+  done = subprocess.run(
+    [sys.executable, WORKER, str(workdir), *args],
+    env=EIGHT_DEVICES,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+
+
+def assert_same_model(a, b, close_fraction=1.0):
+  """Equal up to the summation order of the gradient all-reduce.
+
+  `close_fraction` < 1 is for Adam: lr * m / sqrt(v) turns a rounding-sized change in a
+  near-zero gradient (a dead ReLU's weights) into a step of up to lr, so a few weights
+  may differ by a few learning rates while the rest agree to 1e-4.
+  """
+  params_a, params_b = saved_params(a), saved_params(b)
+  diffs = np.concatenate([np.abs(x - y).ravel() for x, y in zip(params_a, params_b, strict=True)])
+  tolerance = (2e-5 if close_fraction == 1.0 else 1e-4) + 1e-4 * np.concatenate(
+    [np.abs(y).ravel() for y in params_b]
+  )
+  assert np.mean(diffs <= tolerance) >= close_fraction, np.mean(diffs <= tolerance)
+  assert diffs.max() < (2e-5 if close_fraction == 1.0 else 5e-3)
+  metrics_a, metrics_b = (
+    json.loads((workdir / "results.json").read_text())["members"][0]["metrics"]
+    for workdir in (a, b)
+  )
+  assert metrics_a["val"]["loss"] == pytest.approx(metrics_b["val"]["loss"], rel=1e-3)
+  assert metrics_a["test"]["accuracy"] > 0.4  # both learned: not equal by doing nothing
+
+
+# The CNN trains on fewer images and within a looser bound: with Adam and dropout the
+# all-reduce's rounding grows ~50x per epoch of 8 steps (measured: 4e-5 after 1 epoch,
+# 2e-3 after 2; the same growth without dropout), float training's usual divergence.
+@pytest.mark.parametrize(
+  "model, num_train, close_fraction", [("mlp_baseline", 2000, 1.0), ("cnn", 512, 0.99)]
+)
+def test_eight_devices_train_the_one_device_model(
+  real_data_dir, tmp_path, model, num_train, close_fraction
+):
+  for devices in (1, 8):
+    train_in_process(
+      tmp_path / str(devices), model=model, devices=devices, epochs=2, num_train=num_train
+    )
+  assert_same_model(tmp_path / "1", tmp_path / "8", close_fraction)
+
+
+def test_a_checkpoint_moves_between_8_devices_and_1(real_data_dir, tmp_path, use_small_dataset):
+  for devices in (1, 8):
+    train_in_process(tmp_path / f"on{devices}", model="mlp_baseline", devices=devices, epochs=1)
+    shutil.copytree(tmp_path / f"on{devices}", tmp_path / f"on{devices}_then{9 - devices}")
+  for first, then in ((1, 1), (8, 8), (1, 8), (8, 1)):
+    train_in_process(
+      tmp_path / f"on{first}" if first == then else tmp_path / f"on{first}_then{then}",
+      model="mlp_baseline",
+      devices=then,
+      epochs=2,
+    )
+  reference = tmp_path / "on1"
+  for workdir in ("on8", "on1_then8", "on8_then1"):
+    assert_same_model(reference, tmp_path / workdir)
+  # fmnist_jax's own restore puts a run saved on 8 devices onto this 1-device process.
+  run = runs.load_run(tmp_path / "on8")
+  leaves = jax.tree.leaves(run.state.params)
+  assert all(len(leaf.devices()) == 1 for leaf in leaves)
+  for restored, saved in zip(leaves, saved_params(tmp_path / "on8"), strict=True):
+    np.testing.assert_array_equal(np.asarray(restored), saved)
+
+
+def test_two_processes_train_the_one_process_model(real_data_dir, tmp_path):
+  """Multi-host on one machine: 2 processes x 2 CPU devices, one shared workdir."""
+  train_in_process(tmp_path / "one", model="mlp_baseline", devices=1, epochs=2)
+  with socket.socket() as probe:  # a free port for the coordinator
+    probe.bind(("localhost", 0))
+    port = probe.getsockname()[1]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  processes = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        str(WORKER),
+        str(tmp_path / "two"),
+        "--model=mlp_baseline",
+        "--devices=4",
+        "--epochs=2",
+        f"--coordinator=localhost:{port}",
+        "--num_processes=2",
+        f"--process_id={index}",
+      ],
+      env=env,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for index in range(2)
+  ]
+  for process in processes:
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+  assert_same_model(tmp_path / "one", tmp_path / "two")
+  # Only process 0 writes the history: each epoch once.
+  assert [r["epoch"] for r in checkpoint.read_metrics(tmp_path / "two")] == [1, 2]
+
+
+def test_batches_that_do_not_split_over_the_devices_are_refused(monkeypatch):
+  monkeypatch.setattr(jax, "devices", lambda: [types.SimpleNamespace(platform="cpu")] * 8)
+  with pytest.raises(ConfigError, match="batch_size=100 does not split over 8 devices"):
+    parallel.make_layout(small_config(batch_size=100))
+  with pytest.raises(ConfigError, match="num_devices=16, but JAX sees 8"):
+    parallel.make_layout(small_config(**{"parallel.num_devices": 16}))

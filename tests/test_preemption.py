@@ -1,0 +1,122 @@
+"""Runs survive interruption: kill -9 anywhere, SIGTERM (preemption), saves every N epochs."""
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+from small import WORKER, saved_params, small_config
+
+from fmnist_jax import checkpoint, train
+
+EPOCHS = 5
+TIMES = ("seconds", "wall_seconds", "train_seconds")
+
+
+def start_worker(workdir, *args) -> subprocess.Popen:
+  return subprocess.Popen(
+    [sys.executable, WORKER, str(workdir), f"--epochs={EPOCHS}", *args],
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+
+
+def finish(process: subprocess.Popen) -> int:
+  _, stderr = process.communicate(timeout=300)
+  assert process.returncode in (0, -signal.SIGKILL), stderr[-3000:]
+  return process.returncode
+
+
+def committed_epochs(workdir) -> list[int]:
+  with ocp.CheckpointManager(workdir / "checkpoints") as manager:
+    return list(manager.all_steps())
+
+
+def without_times(value):
+  if isinstance(value, dict):
+    return {k: without_times(v) for k, v in value.items() if k not in TIMES}
+  if isinstance(value, list):
+    return [without_times(v) for v in value]
+  return value
+
+
+def test_kill_9_anywhere_then_rerun_is_bit_identical(real_data_dir, tmp_path):
+  whole, killed = tmp_path / "whole", tmp_path / "killed"
+  assert finish(start_worker(whole)) == 0
+
+  # Killed with epoch 2's checkpoint written but not committed: the rerun ignores it.
+  assert finish(start_worker(killed, "--kill=commit:2")) == -signal.SIGKILL
+  assert committed_epochs(killed) == [1]
+  # Killed after epoch 4's metrics are written, before its checkpoint: they are redone.
+  assert finish(start_worker(killed, "--kill=logged:4")) == -signal.SIGKILL
+  assert max(committed_epochs(killed)) in (2, 3)  # epoch 3's async save may be cut off
+  # Killed at a random moment of a rerun (start-up, compile, an epoch or a save).
+  rng = random.Random(0)
+  for _ in range(2):
+    process = start_worker(killed)
+    time.sleep(rng.uniform(2.0, 8.0))
+    process.kill()
+    finish(process)
+  assert finish(start_worker(killed)) == 0
+
+  for a, b in zip(saved_params(whole), saved_params(killed), strict=True):
+    np.testing.assert_array_equal(a, b)
+  results = [json.loads((w / "results.json").read_text()) for w in (whole, killed)]
+  assert without_times(results[0]) == without_times(results[1])
+  histories = [without_times(checkpoint.read_metrics(w)) for w in (whole, killed)]
+  assert [record["epoch"] for record in histories[1]] == list(range(1, EPOCHS + 1))
+  assert histories[0] == histories[1]
+
+
+def test_sigterm_saves_and_exits_cleanly_and_the_rerun_resumes(real_data_dir, tmp_path):
+  command = [
+    sys.executable,
+    "launch.py",
+    "--config=configs/mlp_baseline.py",
+    f"--workdir={tmp_path}",
+    "--config.num_epochs=20",
+    "--config.figures=False",
+    "--noprogress",
+  ]
+  process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  deadline = time.time() + 120
+  while not checkpoint.read_metrics(tmp_path) and time.time() < deadline:
+    time.sleep(0.2)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 143, stderr
+  assert "SIGTERM" in stderr and "rerun the same command to resume" in stderr
+  assert "Traceback" not in stderr
+  epochs_done = [record["epoch"] for record in checkpoint.read_metrics(tmp_path)]
+  assert 1 <= len(epochs_done) < 20 and committed_epochs(tmp_path)[-1] == epochs_done[-1]
+
+  command[4] = f"--config.num_epochs={epochs_done[-1] + 1}"  # resume for one more epoch
+  done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr
+  epochs = [record["epoch"] for record in checkpoint.read_metrics(tmp_path)]
+  assert epochs == list(range(1, epochs_done[-1] + 2))
+
+
+def test_checkpoints_every_n_epochs_and_at_the_end(use_small_dataset, tmp_path):
+  config = small_config(num_epochs=5, **{"checkpoint.every_epochs": 2})
+  config.checkpoint.max_to_keep = 5
+  train.fit(config, tmp_path, show_progress=False)
+  assert committed_epochs(tmp_path) == [2, 4, 5]
+  # An early stop between two saves is saved too.
+  config = small_config(
+    num_epochs=50,
+    **{
+      "checkpoint.every_epochs": 7,
+      "early_stopping.enabled": True,
+      "early_stopping.patience": 1,
+      "optimizer.learning_rate": 0.05,
+    },
+  )
+  results = train.fit(config, tmp_path / "early", show_progress=False)
+  stopped_at = results["members"][0]["epochs_trained"]
+  assert stopped_at < 50 and committed_epochs(tmp_path / "early")[-1] == stopped_at
