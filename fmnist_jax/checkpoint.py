@@ -94,6 +94,7 @@ class RunDir:
     self.metrics_path = self.path / "metrics.jsonl"
     self._managers = None
     if checkpoints:
+
       def options(keep: int, name: str):
         # Own barrier names: on several hosts, two managers saving the same epoch would
         # otherwise meet at one barrier ("_async_commit_complete.<epoch>") and fail.
