@@ -4,13 +4,16 @@ The deck: train / val / test accuracy 0.969708 / 0.933167 / 0.9268, test F1 0.92
 
 The deck gives "3 conv layers, relu everywhere, Adam lr 0.001, early stopping
 patience 10" but not the widths; chosen here (for accuracy and CPU speed):
-Conv 32 -> pool -> Conv 64 -> pool -> Conv 128 (3x3 SAME relu; 2x2 max pools;
-dropout 0.25 after each stage) -> Dense 256 relu -> dropout 0.5 -> Dense 10
-(1,701,130 params); batch 128. No pool after the third conv: pooling 7x7 to
-3x3 drops a row and a column, and keeping 7x7x128 raised validation accuracy
-from 0.9331 to 0.9361 (seed 0; test 0.9235 -> 0.9257). Study B's protocol:
-48,000 / 12,000 seeded split, [0, 1] inputs; Keras init and Adam epsilon 1e-7;
-best weights restored.
+Conv 32 -> BN -> pool -> Conv 64 -> BN -> pool -> Conv 128 -> BN (3x3 SAME relu;
+2x2 max pools; dropout 0.25 after each stage) -> Dense 256 relu -> dropout 0.5
+-> Dense 10 (1,701,578 params); batch 128. Each choice was made on validation
+accuracy (seed 0), never on test:
+- no pool after the third conv: pooling 7x7 to 3x3 drops a row and a column;
+  keeping 7x7x128 raised val accuracy from 0.9331 to 0.9361 (test 0.9235 -> 0.9257);
+- batch norm after each conv (Keras' BatchNormalization defaults, before the
+  relu): val 0.9361 -> 0.9379 (test 0.9257 -> 0.9291, best epoch 31 of 41).
+Study B's protocol: 48,000 / 12,000 seeded split, [0, 1] inputs; Keras init and
+Adam epsilon 1e-7; best weights restored.
 
   python launch.py --config=configs/cnn.py
 """
@@ -29,7 +32,7 @@ def get_config():
       "dense_sizes": (256,),
       "kernel_size": 3,
       "activation": "relu",
-      "batch_norm": False,
+      "batch_norm": True,
       "pool": (True, True, False),
       "conv_dropout_rates": 0.25,
       "dense_dropout_rates": 0.5,

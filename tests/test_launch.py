@@ -123,7 +123,7 @@ def test_the_default_workdir_names_the_config_and_its_argument():
 def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path):
   result = launch("--config=configs/cnn.py", "--dry_run", workdir=tmp_path / "run")
   assert result.returncode == 0, result.stderr
-  assert "stages.0.conv" in result.stdout and "1,701,130" in result.stdout
+  assert "stages.0.conv" in result.stdout and "1,701,578" in result.stdout
   assert "1 member(s), seeds 0" in result.stdout and "Nothing was trained" in result.stdout
   assert "Devices: 1 cpu" in result.stdout
   assert not (tmp_path / "run").exists()

@@ -1,0 +1,261 @@
+"""fmnist_jax against the frameworks a user would pick instead, side by side in one run.
+
+  python -m benchmarks.compare --peer_python=.venv-bench/bin/python
+  python -m benchmarks.compare --models=cnn --peers=fmnist_jax,pytorch --repeats=5
+
+Every implementation trains the same model with the same recipe (read from the
+config file: widths, optimizer, batch size) on the same examples for the same
+epochs, each in a process of its own, one at a time; the repeats are interleaved
+(fmnist_jax, peer 1, peer 2, ..., fmnist_jax, ...) and each process waits for a
+quiet machine first. Reported per model and implementation: steady training
+images/s (median over repeats of each run's median epoch after the first; min-max),
+the first epoch's seconds (compilation included), the whole process's wall, test
+accuracy after those epochs, the ratio to fmnist_jax and the fraction of the
+roofline (training FLOPs per image from XLA's cost analysis x images/s, over
+`--peak_gflops`). Writes compare.md, compare.json and compare.png to `--out`.
+
+The peers (benchmarks/peers/) need PyTorch, Keras 3 and TensorFlow, kept out of
+fmnist_jax's environment (see benchmarks/requirements-peers.txt and the README).
+"""
+
+from fmnist_jax import platform
+
+platform.configure_xla()
+
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from absl import app, flags
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+WAIT_QUIET = ROOT.parent / "shared" / "tools" / "wait-quiet"
+
+# Examples per epoch and epochs per run: each run is a few steady epochs after the first.
+WORKLOADS = {
+  "mlp_baseline": {"num_examples": 50_000, "epochs": 4},
+  "cnn": {"num_examples": 12_800, "epochs": 3},
+  "resnet": {"num_examples": 6_400, "epochs": 3},
+}
+# Implementation -> (module, variant); fmnist_jax runs in this interpreter, peers in --peer_python.
+IMPLEMENTATIONS = {
+  "fmnist_jax": ("fmnist_jax_peer", ""),
+  "pytorch": ("torch_peer", ""),
+  "pytorch_compile": ("torch_peer", "compile"),
+  "keras_jax": ("keras_peer", "jax"),
+  "keras_tensorflow": ("keras_peer", "tensorflow"),
+}
+
+_MODELS = flags.DEFINE_list("models", list(WORKLOADS), "Configs to compare (configs/<name>.py).")
+_PEERS = flags.DEFINE_list("peers", list(IMPLEMENTATIONS), "Implementations, fmnist_jax first.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Interleaved repeats of every implementation.")
+_PEER_PYTHON = flags.DEFINE_string(
+  "peer_python", str(ROOT / ".venv-bench" / "bin" / "python"), "Python with the peers installed."
+)
+_PEAK_GFLOPS = flags.DEFINE_float(
+  "peak_gflops", 157.0, "The machine's fp32 peak (2-core CPU: ~157 GFLOP/s) for the roofline."
+)
+_OUT = flags.DEFINE_string("out", "benchmarks/results", "Directory for compare.md/json/png.")
+
+
+def spec_for(name: str) -> tuple[dict, float]:
+  """The recipe every implementation follows, and fmnist_jax's training FLOPs per image."""
+  import jax
+  from flax import nnx
+
+  from configs import cnn, mlp_baseline, resnet
+  from fmnist_jax import models
+
+  config = {"mlp_baseline": mlp_baseline, "cnn": cnn, "resnet": resnet}[name].get_config()
+  model = models.build(config.model, conv_impl=config.conv_impl, rngs=nnx.Rngs(0))
+  model.eval()  # FLOPs of the layers; dropout's masks are not counted
+  graphdef, state = nnx.split(model)
+
+  def loss(state, images):
+    return nnx.merge(graphdef, state)(images).sum()
+
+  images = jax.ShapeDtypeStruct((config.batch_size, 28, 28), jax.numpy.float32)
+  cost = jax.jit(jax.grad(loss)).lower(state, images).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  spec = {
+    **WORKLOADS[name],
+    "model": config.model.to_dict(),
+    "optimizer": config.optimizer.to_dict(),
+    "batch_size": config.batch_size,
+    "num_params": models.count_params(model),
+    "config": json.loads(config.to_json_best_effort()),
+  }
+  return spec, cost["flops"] / config.batch_size
+
+
+def write_data(spec: dict, directory: pathlib.Path) -> pathlib.Path:
+  from configs import base
+  from fmnist_jax import data
+
+  dataset = data.load(base.get_config().data)
+  count = spec["num_examples"]
+  path = directory / f"data_{count}.npz"
+  if not path.exists():
+    np.savez(
+      path,
+      train_images=dataset.train.images[:count],
+      train_labels=dataset.train.labels[:count],
+      test_images=dataset.test.images,
+      test_labels=dataset.test.labels,
+    )
+  return path
+
+
+def run_one(implementation: str, spec_path, data_path) -> dict:
+  module, variant = IMPLEMENTATIONS[implementation]
+  python = sys.executable if implementation == "fmnist_jax" else _PEER_PYTHON.value
+  if WAIT_QUIET.exists():
+    subprocess.run([str(WAIT_QUIET)], check=False, capture_output=True)
+  command = [
+    python,
+    "-m",
+    f"benchmarks.peers.{module}",
+    f"--spec={spec_path}",
+    f"--data={data_path}",
+  ]
+  if variant:
+    command.append(f"--variant={variant}")
+  start = time.perf_counter()
+  done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=os.environ.copy())
+  wall = time.perf_counter() - start
+  if done.returncode != 0:
+    return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+  result = json.loads(done.stdout.strip().splitlines()[-1])
+  return {**result, "process_wall_s": wall}
+
+
+def summarize(runs: list[dict], flops_per_image: float, peak_gflops: float) -> dict:
+  ok = [run for run in runs if "error" not in run]
+  if not ok:
+    return {"error": runs[-1]["error"]}
+  speeds = [run["images_per_s"] for run in ok]
+  median = statistics.median(speeds)
+  return {
+    "framework": ok[0]["framework"],
+    "images_per_s": median,
+    "images_per_s_min": min(speeds),
+    "images_per_s_max": max(speeds),
+    "first_epoch_s": statistics.median(run["first_epoch_s"] for run in ok),
+    "process_wall_s": statistics.median(run["process_wall_s"] for run in ok),
+    "test_accuracy": statistics.median(run["test_accuracy"] for run in ok),
+    "roofline": median * flops_per_image / (peak_gflops * 1e9),
+    "runs": len(ok),
+  }
+
+
+def markdown(table: dict, meta: dict) -> str:
+  lines = [
+    f"Steady training images/s (median of {meta['repeats']} interleaved runs, min-max), "
+    f"compile excluded; first epoch includes compilation. {meta['machine']}.",
+  ]
+  for name, rows in table.items():
+    spec = meta["specs"][name]
+    lines += [
+      "",
+      f"**{name}** ({spec['num_params']:,} params, batch {spec['batch_size']}, "
+      f"{spec['num_examples']:,} examples x {spec['epochs']} epochs, "
+      f"{meta['flops'][name] / 1e6:.2f} MFLOP per training image)",
+      "",
+      "| Implementation | images/s | min-max | vs fmnist_jax | roofline | first epoch s "
+      "| process wall s | test acc |",
+      "|---|---|---|---|---|---|---|---|",
+    ]
+    reference = rows.get("fmnist_jax", {}).get("images_per_s")
+    for implementation, row in rows.items():
+      if "error" in row:
+        lines.append(f"| {implementation} | failed: {row['error'][:80]} | | | | | | |")
+        continue
+      ratio = f"{row['images_per_s'] / reference:.2f}x" if reference else ""
+      lines.append(
+        f"| {row['framework']} | {row['images_per_s']:,.0f} | {row['images_per_s_min']:,.0f}-"
+        f"{row['images_per_s_max']:,.0f} | {ratio} | {row['roofline']:.0%} | "
+        f"{row['first_epoch_s']:.1f} | {row['process_wall_s']:.1f} | {row['test_accuracy']:.4f} |"
+      )
+  return "\n".join(lines) + "\n"
+
+
+def plot(table: dict, path: pathlib.Path):
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, len(table), figsize=(4.5 * len(table), 3.6), squeeze=False)
+  for ax, (name, rows) in zip(axes[0], table.items(), strict=True):
+    ok = {k: v for k, v in rows.items() if "error" not in v}
+    values = [v["images_per_s"] for v in ok.values()]
+    errors = np.array(
+      [
+        [v["images_per_s"] - v["images_per_s_min"], v["images_per_s_max"] - v["images_per_s"]]
+        for v in ok.values()
+      ]
+    ).T
+    colors = ["tab:blue" if k == "fmnist_jax" else "tab:gray" for k in ok]
+    ax.barh(list(ok), values, xerr=errors if len(values) else None, color=colors)
+    ax.invert_yaxis()
+    ax.set_title(name)
+    ax.set_xlabel("training images/s")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  out = pathlib.Path(_OUT.value)
+  out.mkdir(parents=True, exist_ok=True)
+  implementations = _PEERS.value
+  runs = {name: {impl: [] for impl in implementations} for name in _MODELS.value}
+  specs, flops = {}, {}
+  with tempfile.TemporaryDirectory() as tmp:
+    tmp = pathlib.Path(tmp)
+    for name in _MODELS.value:  # every spec first: a mistake shows before any timing
+      specs[name], flops[name] = spec_for(name)
+      (tmp / f"{name}.json").write_text(json.dumps(specs[name]))
+    for name in _MODELS.value:
+      data_path = write_data(specs[name], tmp)
+      for repeat in range(_REPEATS.value):
+        for implementation in implementations:
+          result = run_one(implementation, tmp / f"{name}.json", data_path)
+          runs[name][implementation].append(result)
+          shown = result.get("images_per_s")
+          print(
+            f"{name} repeat {repeat + 1} {implementation}: "
+            + (f"{shown:,.0f} images/s" if shown else f"failed: {result['error']}"),
+            flush=True,
+          )
+  table = {
+    name: {impl: summarize(r, flops[name], _PEAK_GFLOPS.value) for impl, r in by_impl.items()}
+    for name, by_impl in runs.items()
+  }
+  meta = {
+    "repeats": _REPEATS.value,
+    "machine": f"{os.cpu_count()} CPU cores, peak {_PEAK_GFLOPS.value:g} GFLOP/s assumed",
+    "specs": {
+      k: {key: v[key] for key in ("num_params", "batch_size", "num_examples", "epochs")}
+      for k, v in specs.items()
+    },
+    "flops": flops,
+  }
+  (out / "compare.json").write_text(
+    json.dumps({"meta": meta, "table": table, "runs": runs}, indent=2)
+  )
+  (out / "compare.md").write_text(markdown(table, meta))
+  plot(table, out / "compare.png")
+  print(markdown(table, meta))
+  print(f"Wrote {out}/compare.md, compare.json and compare.png.")
+
+
+if __name__ == "__main__":
+  app.run(main)
