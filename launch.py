@@ -82,7 +82,7 @@ def main(argv):
     )
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   # Imported after flag parsing so `--help` and flag errors are instant.
-  from fmnist_jax import parallel, runs, sweep, train
+  from fmnist_jax import parallel, runs, sweep
   from fmnist_jax.errors import Preempted, UserError
 
   config = _CONFIG.value
@@ -94,12 +94,7 @@ def main(argv):
     if _DRY_RUN.value:
       print(cli.dry_run(config, workdir))
       return 0
-    if is_ensemble:
-      results = runs.fit_ensemble(config, workdir, show_progress=_PROGRESS.value)
-    elif is_sweep:
-      results = sweep.run(config, workdir, show_progress=_PROGRESS.value)
-    else:
-      results = train.fit(config, workdir, show_progress=_PROGRESS.value)
+    results = runs.run_config(config, workdir, show_progress=_PROGRESS.value)
   except (UserError, FloatingPointError) as error:
     if _DEBUG.value:
       raise

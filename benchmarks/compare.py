@@ -69,10 +69,9 @@ def spec_for(name: str) -> tuple[dict, float]:
   import jax
   from flax import nnx
 
-  from configs import cnn, mlp_baseline, resnet
-  from fmnist_jax import models
+  from fmnist_jax import cli, models
 
-  config = {"mlp_baseline": mlp_baseline, "cnn": cnn, "resnet": resnet}[name].get_config()
+  config = cli.load_config(name)
   model = models.build(config.model, conv_impl=config.conv_impl, rngs=nnx.Rngs(0))
   model.eval()  # FLOPs of the layers; dropout's masks are not counted
   graphdef, state = nnx.split(model)

@@ -60,38 +60,29 @@ def subset_loader():
 
 
 def measure(name: str, argument: str | None, seconds: collections.Counter) -> float:
-  import importlib
+  from fmnist_jax import runs
 
-  from fmnist_jax import runs, sweep, train
-
-  module = importlib.import_module(f"configs.{name}")
-  config = module.get_config(argument) if argument else module.get_config()
+  config = cli.load_config(name, argument)
   config.num_epochs = 1
   config.figures = False
   if config.pretrain.num_epochs:
     config.pretrain.num_epochs = 1
   seconds.clear()
-  with tempfile.TemporaryDirectory() as workdir:
-    workdir = pathlib.Path(workdir) / name
-    if config.ensemble.members:
-      # Members are trained from their own config files: shorten them the same way.
-      original = runs.member_configs
+  # Ensemble members are trained from their own config files: shorten them the same way.
+  original = runs.member_configs
 
-      def short_members(config):
-        members = original(config)
-        for _, member in members:
-          member.num_epochs, member.figures = 1, False
-        return members
+  def short_members(config):
+    members = original(config)
+    for _, member in members:
+      member.num_epochs, member.figures = 1, False
+    return members
 
-      runs.member_configs = short_members
-      try:
-        runs.fit_ensemble(config, workdir, show_progress=False)
-      finally:
-        runs.member_configs = original
-    elif config.sweep.grid or config.sweep.zip:
-      sweep.run(config, workdir, show_progress=False)
-    else:
-      train.fit(config, workdir, show_progress=False)
+  runs.member_configs = short_members
+  try:
+    with tempfile.TemporaryDirectory() as workdir:
+      runs.run_config(config, pathlib.Path(workdir) / name, show_progress=False)
+  finally:
+    runs.member_configs = original
   return sum(seconds[event] for event in COMPILE_EVENTS)
 
 

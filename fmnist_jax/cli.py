@@ -48,6 +48,14 @@ def available_configs() -> list[str]:
   return sorted(p.stem for p in CONFIGS_DIR.glob("*.py") if not p.stem.startswith("_"))
 
 
+def load_config(name: str, argument: str | None = None):
+  """configs/<name>.py's get_config([argument]), as `--config=configs/<name>.py[:argument]`."""
+  import importlib
+
+  module = importlib.import_module(f"configs.{name}")
+  return module.get_config(argument) if argument else module.get_config()
+
+
 def parse_flags(argv):
   """FLAGS(argv), with user mistakes reported in one line (a traceback with --debug)."""
   if "--debug" in argv:

@@ -17,7 +17,6 @@ import sys
 
 import jax
 import numpy as np
-from flax import nnx
 
 from fmnist_jax import cli
 from fmnist_jax.errors import UserError
@@ -31,16 +30,9 @@ def export_run(workdir: str | pathlib.Path, platforms=PLATFORMS) -> jax.export.E
   from fmnist_jax import runs
 
   run = runs.load_run(workdir)
-  trainer, state = run.trainer, run.state
 
-  def member_logits(params, model_state, images_Bx28x28):
-    model = nnx.merge(trainer.eval_graphdef, params, model_state)
-    return model(trainer.preprocess(images_Bx28x28))
-
-  def logits(images_Bx28x28):
-    return jax.vmap(member_logits, in_axes=(0, 0, None))(
-      state.params, state.model_state, images_Bx28x28
-    )
+  def logits(images_Bx28x28):  # the run's own batched, vmapped prediction, weights baked in
+    return run.trainer.predict_members(run.state, images_Bx28x28)
 
   (batch,) = jax.export.symbolic_shape("batch")
   images = jax.ShapeDtypeStruct((batch, 28, 28), np.uint8)

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from fmnist_jax import checkpoint, cli, config_checks, data, ensemble, metrics, train
+from fmnist_jax import checkpoint, cli, config_checks, data, ensemble, metrics, sweep, train
 from fmnist_jax.errors import ConfigError, UserError
 
 
@@ -178,8 +178,6 @@ def evaluate_paired(workdirs: list[str | pathlib.Path]) -> dict[str, Any]:
 
 def member_configs(config: ConfigDict) -> list[tuple[str, ConfigDict]]:
   """(name, config) of each `config.ensemble.members` entry, with the ensemble's seeds."""
-  import importlib
-
   available = cli.available_configs()
   result = []
   for name in config.ensemble.members:
@@ -188,7 +186,7 @@ def member_configs(config: ConfigDict) -> list[tuple[str, ConfigDict]]:
         f"config.ensemble.members names {name!r}, which is not a config in {cli.CONFIGS_DIR}; "
         f"choose from {available}"
       )
-    member = importlib.import_module(f"configs.{name}").get_config()
+    member = cli.load_config(name)
     if member.ensemble.members:
       raise ConfigError(
         f"config.ensemble.members: {name!r} is itself an ensemble; list its members instead"
@@ -295,3 +293,12 @@ if __name__ == "__main__":
 
   platform.configure_xla()
   sys.exit(main(sys.argv[1:]))
+
+
+def run_config(config: ConfigDict, workdir: str | pathlib.Path, *, show_progress: bool = True):
+  """What `launch.py` runs for `config`: an ensemble of other configs, a sweep, or one run."""
+  if config.ensemble.members:
+    return fit_ensemble(config, workdir, show_progress=show_progress)
+  if config.sweep.grid or config.sweep.zip:
+    return sweep.run(config, workdir, show_progress=show_progress)
+  return train.fit(config, workdir, show_progress=show_progress)

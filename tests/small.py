@@ -1,6 +1,7 @@
 """A small real-data setup shared by the training tests: a tiny MLP config and data subset."""
 
 import pathlib
+import sys
 
 import jax
 import numpy as np
@@ -12,6 +13,11 @@ from fmnist_jax import data
 
 NUM_TRAIN, NUM_VAL, NUM_TEST = 2_000, 500, 1_000
 WORKER = pathlib.Path(__file__).parent / "run_worker.py"  # training in a process of its own
+
+
+def worker_command(workdir, **flags) -> list[str]:
+  """The command line of tests/run_worker.py: worker_command(dir, model="cnn", devices=8)."""
+  return [sys.executable, str(WORKER), str(workdir), *(f"--{k}={v}" for k, v in flags.items())]
 
 
 def small_config(**overrides) -> ConfigDict:

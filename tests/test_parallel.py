@@ -9,13 +9,12 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import types
 
 import jax
 import numpy as np
 import pytest
-from small import WORKER, saved_params, small_config
+from small import saved_params, small_config, worker_command
 
 from fmnist_jax import checkpoint, parallel, runs
 from fmnist_jax.errors import ConfigError
@@ -24,9 +23,8 @@ EIGHT_DEVICES = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_co
 
 
 def train_in_process(workdir, **flags):
-  args = [f"--{key}={value}" for key, value in flags.items()]
   done = subprocess.run(
-    [sys.executable, WORKER, str(workdir), *args],
+    worker_command(workdir, **flags),
     env=EIGHT_DEVICES,
     capture_output=True,
     text=True,
@@ -104,17 +102,15 @@ def test_two_processes_train_the_one_process_model(real_data_dir, tmp_path):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   processes = [
     subprocess.Popen(
-      [
-        sys.executable,
-        str(WORKER),
-        str(tmp_path / "two"),
-        "--model=mlp_baseline",
-        "--devices=4",
-        "--epochs=2",
-        f"--coordinator=localhost:{port}",
-        "--num_processes=2",
-        f"--process_id={index}",
-      ],
+      worker_command(
+        tmp_path / "two",
+        model="mlp_baseline",
+        devices=4,
+        epochs=2,
+        coordinator=f"localhost:{port}",
+        num_processes=2,
+        process_id=index,
+      ),
       env=env,
       stderr=subprocess.PIPE,
       text=True,

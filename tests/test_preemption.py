@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import orbax.checkpoint as ocp
-from small import WORKER, saved_params, small_config
+from small import saved_params, small_config, worker_command
 
 from fmnist_jax import checkpoint, train
 
@@ -17,9 +17,9 @@ EPOCHS = 5
 TIMES = ("seconds", "wall_seconds", "train_seconds")
 
 
-def start_worker(workdir, *args) -> subprocess.Popen:
+def start_worker(workdir, **flags) -> subprocess.Popen:
   return subprocess.Popen(
-    [sys.executable, WORKER, str(workdir), f"--epochs={EPOCHS}", *args],
+    worker_command(workdir, epochs=EPOCHS, **flags),
     stdout=subprocess.DEVNULL,
     stderr=subprocess.PIPE,
     text=True,
@@ -50,10 +50,10 @@ def test_kill_9_anywhere_then_rerun_is_bit_identical(real_data_dir, tmp_path):
   assert finish(start_worker(whole)) == 0
 
   # Killed with epoch 2's checkpoint written but not committed: the rerun ignores it.
-  assert finish(start_worker(killed, "--kill=commit:2")) == -signal.SIGKILL
+  assert finish(start_worker(killed, kill="commit:2")) == -signal.SIGKILL
   assert committed_epochs(killed) == [1]
   # Killed after epoch 4's metrics are written, before its checkpoint: they are redone.
-  assert finish(start_worker(killed, "--kill=logged:4")) == -signal.SIGKILL
+  assert finish(start_worker(killed, kill="logged:4")) == -signal.SIGKILL
   assert max(committed_epochs(killed)) in (2, 3)  # epoch 3's async save may be cut off
   # Killed at a random moment of a rerun (start-up, compile, an epoch or a save).
   rng = random.Random(0)

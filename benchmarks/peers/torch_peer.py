@@ -29,20 +29,14 @@ def _head(width, model):
   return layers + [nn.Linear(width, 10)]
 
 
-def cnn(spec):
-  model = spec["model"]
-  layers, channels, side = [], 1, 28
-  for features, pool in zip(model["conv_features"], model["pool"], strict=True):
-    layers.append(nn.Conv2d(channels, features, 3, padding=1))
-    if model["batch_norm"]:  # Keras' defaults, as fmnist_jax's
-      layers.append(nn.BatchNorm2d(features, eps=1e-3, momentum=0.01))
-    layers.append(nn.ReLU())
-    if pool:
-      layers.append(nn.MaxPool2d(2))
-      side //= 2
-    layers.append(nn.Dropout(model["conv_dropout_rates"]))
-    channels = features
-  return nn.Sequential(*layers, *_head(channels * side * side, model))
+def keras_batch_norm(features):
+  """Keras' BatchNormalization defaults (momentum 0.99 = torch's 0.01, epsilon 1e-3)."""
+  return nn.BatchNorm2d(features, eps=1e-3, momentum=0.01)
+
+
+def conv_stage(in_features, features, batch_norm):
+  norm = [keras_batch_norm(features)] if batch_norm else []
+  return nn.Sequential(nn.Conv2d(in_features, features, 3, padding=1), *norm, nn.ReLU())
 
 
 class ResidualBlock(nn.Module):
@@ -50,9 +44,8 @@ class ResidualBlock(nn.Module):
     super().__init__()
     self.conv1 = nn.Conv2d(in_features, features, 3, padding=1)
     self.conv2 = nn.Conv2d(features, features, 3, padding=1)
-    # Keras' BatchNormalization defaults (momentum 0.99 = torch's 0.01, epsilon 1e-3).
-    self.norm1 = nn.BatchNorm2d(features, eps=1e-3, momentum=0.01)
-    self.norm2 = nn.BatchNorm2d(features, eps=1e-3, momentum=0.01)
+    self.norm1 = keras_batch_norm(features)
+    self.norm2 = keras_batch_norm(features)
     self.projection = nn.Conv2d(in_features, features, 1) if in_features != features else None
 
   def forward(self, x):
@@ -61,17 +54,30 @@ class ResidualBlock(nn.Module):
     return torch.relu(y + (self.projection(x) if self.projection is not None else x))
 
 
-def resnet(spec):
-  model = spec["model"]
+def stacked(make_stage, widths, pools, dropout_rate, model):
+  """Stages, each followed by [2x2 max pool] and dropout, then the dense head."""
   layers, channels, side = [], 1, 28
-  for features, pool in zip(model["stage_features"], model["pool"], strict=True):
-    layers.append(ResidualBlock(channels, features))
+  for features, pool in zip(widths, pools, strict=True):
+    layers.append(make_stage(channels, features))
     if pool:
       layers.append(nn.MaxPool2d(2))
       side //= 2
-    layers.append(nn.Dropout(model["dropout_rates"]))
+    layers.append(nn.Dropout(dropout_rate))
     channels = features
   return nn.Sequential(*layers, *_head(channels * side * side, model))
+
+
+def cnn(spec):
+  model = spec["model"]
+  stage = lambda a, b: conv_stage(a, b, model["batch_norm"])  # noqa: E731
+  return stacked(stage, model["conv_features"], model["pool"], model["conv_dropout_rates"], model)
+
+
+def resnet(spec):
+  model = spec["model"]
+  return stacked(
+    ResidualBlock, model["stage_features"], model["pool"], model["dropout_rates"], model
+  )
 
 
 def optimizer(spec, params):
