@@ -34,6 +34,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; default runs/<config file name>.")
 _DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks instead of one-line errors.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show the per-epoch progress bar.")
+_OVERWRITE = flags.DEFINE_bool(
+  "overwrite", False, "Delete the workdir's run (checkpoints, metrics, results) and start over."
+)
 _DRY_RUN = flags.DEFINE_bool(
   "dry_run", False, "Print the resolved config, parameters per layer and the plan; train nothing."
 )
@@ -75,15 +78,11 @@ def report(results: dict, name: str) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(
-      f"unexpected arguments {argv[1:]}; options are --config=..., "
-      f"--config.KEY=VALUE, --workdir=..."
-    )
+  del argv  # cli.parse_flags refused positional arguments
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   # Imported after flag parsing so `--help` and flag errors are instant.
-  from fmnist_jax import parallel, runs, sweep
-  from fmnist_jax.errors import Preempted, UserError
+  from fmnist_jax import checkpoint, parallel, runs, sweep
+  from fmnist_jax.errors import Preempted
 
   config = _CONFIG.value
   parallel.initialize(config.parallel)  # multi-host only; before any other JAX call
@@ -94,15 +93,20 @@ def main(argv):
     if _DRY_RUN.value:
       print(cli.dry_run(config, workdir))
       return 0
+    if _OVERWRITE.value and checkpoint.is_writer():
+      removed = checkpoint.clear(workdir)
+      if removed:
+        print(f"--overwrite: removed {', '.join(removed)} from {workdir}", file=sys.stderr)
     results = runs.run_config(config, workdir, show_progress=_PROGRESS.value)
-  except (UserError, FloatingPointError) as error:
-    if _DEBUG.value:
-      raise
-    print(f"error: {error}", file=sys.stderr)
-    return cli.EXIT_USER_ERROR
   except Preempted as stop:
     print(f"\n{stop}", file=sys.stderr)
     return cli.EXIT_PREEMPTED
+  except Exception as error:
+    message = cli.explain(error, config, workdir)
+    if message is None or _DEBUG.value:
+      raise  # a bug, not a user mistake: the traceback is what a bug report needs
+    print(f"error: {message}", file=sys.stderr)
+    return cli.EXIT_USER_ERROR
   except KeyboardInterrupt:
     # `uv run` forwards the terminal's SIGINT too; a second one must not break the shutdown.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

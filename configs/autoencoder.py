@@ -19,6 +19,9 @@ from ml_collections import ConfigDict
 
 from configs import study_a
 
+# The study row this config reproduces and its reported test accuracy (fmnist_jax.report).
+REPORTED = {"row": "A3 conv autoencoder + MLP", "test_accuracy": 0.8575}
+
 
 def get_config():
   config = study_a.get_config()

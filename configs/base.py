@@ -29,6 +29,9 @@ def get_config() -> ConfigDict:
   data.dir = config_dict.placeholder(str)
   data.tfds_data_dir = config_dict.placeholder(str)  # tfds data_dir for source="tfds"
   data.download = True  # allow downloading the official files when none are found
+  # SHA-256 and 60,000 / 10,000 counts of the official files; False accepts other IDX
+  # files (a subset, your own data), which are still validated (header, sizes, labels).
+  data.verify_checksums = True
   data.validation_size = 12_000  # study B: 80/20 of the 60,000 training images
   data.validation_split = "random"  # "random" (seeded, study B) or "tail" (study A)
   data.split_seed = 0  # fixed across model seeds, so every seed sees the same split
@@ -50,6 +53,11 @@ def get_config() -> ConfigDict:
   opt.schedule = "constant"  # "constant", "cosine" or "warmup_cosine" (optax schedules)
   opt.warmup_epochs = 0.0  # warmup_cosine only
 
+  # A member whose training loss turns NaN/inf is stopped (a single run ends, its last good
+  # checkpoint kept); > 0 also stops it when a step's loss exceeds this value (chance level
+  # is ln 10 = 2.3, so e.g. 10 catches a run that is blowing up before it overflows).
+  config.divergence_threshold = 0.0
+
   config.early_stopping = es = ConfigDict()
   es.enabled = False  # Keras EarlyStopping(monitor="val_loss") semantics
   es.patience = 10  # epochs without improvement before stopping
@@ -69,6 +77,12 @@ def get_config() -> ConfigDict:
   sweep.grid = ""  # every combination of the axes
   sweep.zip = ""  # axes paired element by element (equal lengths), times the grid
   sweep.metric = "val/accuracy"  # ranks the points and is plotted (a loss is minimized)
+
+  # Scalars besides metrics.jsonl (fmnist_jax/summary.py): steps.jsonl and TensorBoard
+  # event files in <workdir>/tensorboard/<member>/ (`tensorboard --logdir runs`).
+  config.logging = logging = ConfigDict()
+  logging.tensorboard = True  # event files: per-step and per-epoch scalars, config, hparams
+  logging.every_steps = 50  # per-step points: mean loss/accuracy of the last N steps; 0 = off
 
   # At the end of a run: analysis.md (most confused pairs, early-stopping patience) and
   # confusion, per-class F1, misclassified-gallery and learning-curve PNGs (fmnist_jax/analysis.py).

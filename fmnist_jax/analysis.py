@@ -274,11 +274,19 @@ def plot_misclassified(
 
 
 def plot_learning_curves(history: Mapping[int, Mapping[str, list[float]]], path, title: str):
-  """Loss and accuracy per epoch, train and validation; one thin line per member."""
+  """Loss and accuracy per epoch, train and validation, and the learning rate; one thin
+  line per member."""
   plt = _pyplot()
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), width_ratios=(1, 1, 0.7))
   colors = {"train": "tab:blue", "val": "tab:orange"}
-  for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+  for _, curves in sorted(history.items()):
+    rates = curves.get("learning_rate")
+    if rates:
+      axes[2].plot(np.arange(1, len(rates) + 1), rates, color="tab:green", alpha=0.7)
+  axes[2].set_xlabel("epoch")
+  axes[2].set_ylabel("learning rate (epoch start)")
+  axes[2].grid(alpha=0.3)
+  for ax, metric in zip(axes[:2], ("loss", "accuracy"), strict=True):
     for split, color in colors.items():
       for member, curves in sorted(history.items()):
         values = curves.get(f"{split}/{metric}")

@@ -2,8 +2,10 @@
 
 The only module that imports orbax. Layout of a workdir:
 
+  .lock              held (flock) by the run using the workdir; a second run is refused
   config.json        the resolved config (a rerun with another config is refused)
   metrics.jsonl      one JSON line per member and epoch (and pre-training epoch)
+  steps.jsonl, tensorboard/   per-step and per-epoch scalars (fmnist_jax/summary.py)
   results.json       final metrics of every member and split, per class included, and
                      their mean/std/min/max over members
   checkpoints/<epoch>/   latest training state (params, optimizer, early stopping)
@@ -11,10 +13,18 @@ The only module that imports orbax. Layout of a workdir:
 
 Two managers, so the "keep the best" policy can never delete the latest
 checkpoint that a resume needs (a known orbax pitfall with a single manager).
+A latest checkpoint that cannot be read (a disk fault, a file cut short) is
+moved aside to `checkpoints/unreadable-<epoch>/` and the run resumes from the
+one before it, saying so.
 """
 
+import errno
+import fcntl
 import json
+import os
 import pathlib
+import shutil
+import sys
 from typing import Any
 
 import jax
@@ -23,13 +33,47 @@ from ml_collections import ConfigDict
 
 from fmnist_jax.errors import ConfigError, UserError
 
-# Config keys a resumed run may change: extending training, and moving to another
-# number of devices (checkpoints restore onto any of them).
-RESUMABLE_KEYS = ("num_epochs", "parallel")
+# Config keys a resumed run may change: extending training, moving to another number
+# of devices (checkpoints restore onto any of them), and what is logged or plotted.
+RESUMABLE_KEYS = ("num_epochs", "parallel", "logging", "figures")
 
 
-def _comparable(config_dict: dict) -> dict:
-  return {k: v for k, v in config_dict.items() if k not in RESUMABLE_KEYS}
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _defaults() -> dict:
+  """configs/base.py's values, flattened (empty where the configs package is absent)."""
+  try:
+    from configs import base
+  except ImportError:
+    return {}
+  return _flatten(json.loads(config_json(base.get_config())))
+
+
+def config_differences(saved: dict, current: dict, *, ignore: tuple = RESUMABLE_KEYS) -> list[str]:
+  """Dotted keys whose values differ between a workdir's config and the current one.
+
+  Keys under `ignore` do not count, nor do keys fmnist_jax gained after the run was
+  made: absent from the saved config and at their default now (they change nothing).
+  """
+  saved, current = _flatten(saved), _flatten(current)
+  defaults = _defaults()
+  differences = []
+  for key in sorted(set(saved) | set(current)):
+    if key.split(".")[0] in ignore:
+      continue
+    if key not in saved and key in defaults and current[key] == defaults[key]:
+      continue
+    if saved.get(key, "<absent>") != current.get(key, "<absent>"):
+      differences.append(key)
+  return differences
 
 
 def config_json(config: ConfigDict) -> str:
@@ -52,12 +96,103 @@ def is_finished(workdir: pathlib.Path, config: ConfigDict) -> bool:
   return (
     (workdir / "results.json").exists()
     and saved.exists()
-    and json.loads(saved.read_text()) == json.loads(config_json(config))
+    and not config_differences(
+      json.loads(saved.read_text()),
+      json.loads(config_json(config)),
+      ignore=("parallel", "logging", "figures"),
+    )
   )
 
 
 def is_writer() -> bool:
   return jax.process_index() == 0
+
+
+# What a run writes into its workdir, so `clear` removes only a run's own files.
+RUN_OUTPUTS = (
+  "config.json",
+  "metrics.jsonl",
+  "steps.jsonl",
+  "results.json",
+  "tensorboard",
+  "checkpoints",
+  "best",
+  "analysis.md",
+  "sweep.md",
+  "sweep.csv",
+)
+
+
+class WorkdirLock:
+  """An exclusive flock on <workdir>/.lock: one run per workdir at a time.
+
+  The kernel drops the lock when its process ends, kill -9 included, so a
+  crashed run never leaves a stale lock behind.
+  """
+
+  def __init__(self, path: pathlib.Path):
+    self.path = pathlib.Path(path)
+    self._file = None
+
+  def acquire(self):
+    lock_path = self.path / ".lock"
+    handle = lock_path.open("a+")
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.seek(0)
+      owner = handle.read().strip() or "unknown"
+      handle.close()
+      raise UserError(
+        f"workdir {self.path} is in use by another run (process {owner}); wait for it to "
+        f"finish, or pass another --workdir"
+      ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    self._file = handle
+
+  def release(self):
+    if self._file is not None:
+      fcntl.flock(self._file, fcntl.LOCK_UN)
+      self._file.close()
+      self._file = None
+
+
+def clear(workdir: pathlib.Path) -> list[str]:
+  """Deletes a run's outputs from `workdir` (for --overwrite); returns what it removed.
+
+  Only a run's own files go (RUN_OUTPUTS, its PNGs, and sweep programs: subdirectories
+  holding a config.json); anything else a user keeps there stays. Refused while
+  another run holds the workdir.
+  """
+  workdir = pathlib.Path(workdir)
+  if not workdir.is_dir():
+    return []
+  lock = WorkdirLock(workdir)
+  lock.acquire()
+  removed = []
+  try:
+    for entry in sorted(workdir.iterdir()):
+      program = entry.is_dir() and (entry / "config.json").exists()
+      if entry.name in RUN_OUTPUTS or entry.suffix == ".png" or program:
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        removed.append(entry.name)
+  finally:
+    lock.release()
+  return removed
+
+
+def disk_full(error: BaseException) -> bool:
+  """True when `error`, or one it was raised from, is a full disk (or a file size limit)."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+      return True
+    if "No space left on device" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 class RunDir:
@@ -70,24 +205,33 @@ class RunDir:
     *,
     checkpoints: bool = True,
     max_to_keep: int = 2,
+    exclusive: bool = True,
   ):
+    """`exclusive` takes the workdir's lock (a training run); readers pass False."""
     self.path = pathlib.Path(workdir).absolute()
+    self._lock = WorkdirLock(self.path)
     try:
       self.path.mkdir(parents=True, exist_ok=True)
+      if exclusive and is_writer():
+        self._lock.acquire()
       current_json = config_json(config)
       config_path = self.path / "config.json"
       if config_path.exists():
         saved, current = json.loads(config_path.read_text()), json.loads(current_json)
-        if _comparable(saved) != _comparable(current):
-          changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        changed = config_differences(saved, current)
+        if changed:
+          self._lock.release()
           raise ConfigError(
             f"workdir {self.path} holds a run of a different config (differs in: "
-            f"{', '.join(changed)}); pass another --workdir, or delete that directory to "
-            f"start over"
+            f"{', '.join(changed)}); pass another --workdir, or --overwrite to delete that "
+            f"run and start over"
           )
       if is_writer():
         config_path.write_text(current_json + "\n")
     except OSError as error:
+      self._lock.release()
+      if disk_full(error):
+        raise UserError(disk_full_message(self.path)) from None
       raise UserError(
         f"cannot write to workdir {self.path}: {error.strerror}; pass a writable --workdir"
       ) from None
@@ -110,14 +254,48 @@ class RunDir:
       )
 
   def restore_latest(self, abstract_payload: Any) -> tuple[int, Any] | None:
-    """(epoch, payload) of the latest checkpoint, or None; trims metrics after that epoch."""
-    epoch = self._managers[0].latest_step() if self._managers else None
-    self._trim_metrics(epoch or 0)
-    if epoch is None:
+    """(epoch, payload) of the latest readable checkpoint, or None; trims metrics after it.
+
+    An unreadable checkpoint is moved aside (never deleted) and the one before it used.
+    """
+    if not self._managers:
+      self._trim_metrics(0)
       return None
+    manager = self._managers[0]
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_payload)
-    payload = self._managers[0].restore(epoch, args=ocp.args.StandardRestore(target))
-    return epoch, payload
+    unreadable = []
+    for epoch in sorted(manager.all_steps(), reverse=True):
+      try:
+        payload = manager.restore(epoch, args=ocp.args.StandardRestore(target))
+      except Exception as error:  # orbax and tensorstore raise many types for a bad file
+        unreadable.append((epoch, error))
+        continue
+      self._set_aside(unreadable, fallback=epoch)
+      self._trim_metrics(epoch)
+      return epoch, payload
+    self._set_aside(unreadable, fallback=None)
+    self._trim_metrics(0)
+    return None
+
+  def _set_aside(self, unreadable: list[tuple[int, Exception]], fallback: int | None):
+    """Moves unreadable checkpoints to checkpoints/unreadable-<epoch>/ and says so."""
+    if not unreadable:
+      return
+    for epoch, error in unreadable:
+      first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+      source = self.path / "checkpoints" / str(epoch)
+      target = source.with_name(f"unreadable-{epoch}")
+      if is_writer():
+        shutil.rmtree(target, ignore_errors=True)
+        source.rename(target)
+      resume = f"resuming from epoch {fallback}" if fallback else "starting from epoch 0"
+      print(
+        f"warning: the checkpoint of epoch {epoch} in {self.path / 'checkpoints'} is "
+        f"unreadable ({type(error).__name__}: {first_line}); it was moved to {target.name}/ "
+        f"and the run is {resume}",
+        file=sys.stderr,
+      )
+    self._managers[0].reload()
 
   def _trim_metrics(self, last_epoch: int):
     """Drops metric lines of epochs a resume will redo, so the history has no duplicates."""
@@ -158,6 +336,30 @@ class RunDir:
     for manager in self._managers or ():
       manager.wait_until_finished()
 
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    self.close()
+
   def close(self):
-    for manager in self._managers or ():
-      manager.close()
+    """Finishes pending saves, closes the managers and releases the workdir."""
+    try:
+      for manager in self._managers or ():
+        manager.close()
+    finally:
+      self._managers = None
+      self._lock.release()
+
+
+def disk_full_message(path: pathlib.Path, saved_epoch: int | None = None) -> str:
+  kept = (
+    f"; checkpoints up to epoch {saved_epoch} are complete, so rerunning the same command "
+    f"resumes from there"
+    if saved_epoch
+    else "; rerunning the same command resumes from the last complete checkpoint"
+  )
+  return (
+    f"the disk is full: writing to {path} failed with 'No space left on device'. Free space "
+    f"there (or pass a --workdir on another disk){kept}"
+  )

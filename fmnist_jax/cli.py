@@ -7,6 +7,7 @@ turns each into one `error:` line naming the problem and the fix, exit status 2.
 """
 
 import pathlib
+import re
 import sys
 
 from absl import flags
@@ -65,9 +66,12 @@ def parse_flags(argv):
     choices = ", ".join(f"configs/{name}.py" for name in available_configs())
     fail(f"config file {path} not found; choose one of: {choices}")
   try:
-    return flags.FLAGS(argv)
+    remaining = flags.FLAGS(argv)
   except flags.Error as error:
     text = str(error)
+    if "before a value for --config was specified" in text:
+      override = text.split()[1]
+      fail(f"{override} comes before --config=FILE; put --config=FILE first, then overrides")
     if "Error whilst parsing config file" in text:  # get_config raised; absl quotes its traceback
       raised = [line for line in text.splitlines() if line.strip()][-1]
       fail(f"config {_config_flag(argv)} failed to load: {raised}")
@@ -80,6 +84,9 @@ def parse_flags(argv):
         f"get_config() returning an ml_collections.ConfigDict (see configs/cnn.py)"
       )
     keys = [arg.split("=", 1)[0] for arg in argv if arg.startswith("--config.")]
+    # ml_collections names the missing field ("No attribute named 'lr'"): name its flag.
+    named = [key for key in keys if re.search(rf"\b{re.escape(key.rsplit('.', 1)[-1])}\b", text)]
+    keys = named or keys
     where = "configs/base.py lists every key"
     if any(key.startswith("--config.model.") for key in keys):
       where = (
@@ -91,6 +98,42 @@ def parse_flags(argv):
     fail(f"bad config override: {error}; configs/base.py lists every key and its type")
   except (OSError, SyntaxError, ImportError, NameError) as error:
     fail(f"config file {path} failed to load: {type(error).__name__}: {error}")
+  if len(remaining) > 1:
+    fail(
+      f"unexpected arguments {remaining[1:]}; pass options as --config=FILE, "
+      f"--config.KEY=VALUE and --workdir=DIR (see --help)"
+    )
+  return remaining
+
+
+def explain(error: Exception, config, workdir: pathlib.Path) -> str | None:
+  """The one-line message for an error the user can act on, or None for a bug.
+
+  User mistakes (UserError), a loss that became NaN, a full disk, an accelerator
+  out of memory and unwritable files all get a message naming the problem and
+  the fix. Checkpoints already written are kept in every case.
+  """
+  from fmnist_jax import checkpoint
+  from fmnist_jax.errors import UserError
+
+  if isinstance(error, UserError | FloatingPointError):
+    return str(error)
+  if checkpoint.disk_full(error):
+    return checkpoint.disk_full_message(workdir)
+  text = str(error)
+  if "RESOURCE_EXHAUSTED" in text or "Out of memory" in text:
+    first_line = text.strip().splitlines()[0][:300]
+    return (
+      f"out of memory on the accelerator ({first_line}). Lower batch_size (now "
+      f"{config.batch_size}) or eval_batch_size (now {config.eval_batch_size}), train fewer "
+      f"members at once (num_seeds now {config.num_seeds}), or spread the batch over more "
+      f"devices; checkpoints in {workdir} are kept, so rerunning resumes"
+    )
+  if isinstance(error, PermissionError | IsADirectoryError | NotADirectoryError):
+    return (
+      f"cannot write {error.filename}: {error.strerror}; make it writable or pass another --workdir"
+    )
+  return None
 
 
 def dry_run(config, workdir: pathlib.Path) -> str:

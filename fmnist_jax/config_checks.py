@@ -66,6 +66,9 @@ def check(config: ConfigDict, *, num_train: int | None = None, has_validation: b
     "checkpoint.every_epochs",
   ):
     _positive_int(config, key)
+  every = config.logging.every_steps
+  if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+    _fail("logging.every_steps", every, "must be 0 (off) or a positive number of steps")
   if not isinstance(config.parallel.num_devices, int) or config.parallel.num_devices < 0:
     _fail("parallel.num_devices", config.parallel.num_devices, "must be 0 (all devices) or more")
   if num_train is not None and config.batch_size > num_train:
@@ -77,6 +80,7 @@ def check(config: ConfigDict, *, num_train: int | None = None, has_validation: b
   if not isinstance(config.seed, int):
     _fail("seed", config.seed, "must be an integer")
   _one_of(config, "conv_impl", layers.CONV_IMPLS)
+  _in_range(config, "divergence_threshold", 0.0, math.inf)
   for key in ("grid", "zip"):
     if not isinstance(config.sweep[key], str):
       _fail(f"sweep.{key}", config.sweep[key], "must be a string like 'KEY=V1,V2; KEY2=V3,V4'")

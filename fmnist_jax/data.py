@@ -508,8 +508,8 @@ def load(config: Any) -> Dataset:
 
   Args:
     config: the `data` ConfigDict; reads `source` ("idx" | "tfds"), `dir`,
-      `download`, `validation_size`, `validation_split`, `split_seed` and
-      `tfds_data_dir`.
+      `download`, `verify_checksums`, `validation_size`, `validation_split`,
+      `split_seed` and `tfds_data_dir`.
 
   Returns:
     The train/validation/test Dataset.
@@ -520,13 +520,16 @@ def load(config: Any) -> Dataset:
   """
   if config.source == "idx":
     directory = _locate(config.dir, config.download)
-    train, test = _read_splits(directory, verify_checksums=True)
+    verify = config.get("verify_checksums", True)
+    train, test = _read_splits(directory, verify_checksums=verify)
     source = f"idx:{directory}"
   elif config.source == "tfds":
     # Imported here: tensorflow_datasets is an optional extra.
     from fmnist_jax import tfds_source
 
-    train, test = tfds_source.load_arrays(config.tfds_data_dir)
+    train, test = tfds_source.load_arrays(
+      config.tfds_data_dir, verify_checksums=config.get("verify_checksums", True)
+    )
     source = f"tfds:{config.tfds_data_dir or '(tfds default data dir)'}"
   else:
     raise ConfigError(f"data.source={config.source!r} is unknown; use one of {SOURCES}.")

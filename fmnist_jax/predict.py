@@ -69,9 +69,22 @@ def load_inputs(paths: list[str], invert: str = "auto") -> tuple[np.ndarray, lis
     if not path.is_file():
       raise UserError(f"no such file: {path}; pass image, .npy or IDX files")
     if path.suffix.lower() == ".npy":
-      batch = np.load(path)
+      try:
+        batch = np.load(path, allow_pickle=False)
+      except (ValueError, OSError, EOFError) as error:
+        raise UserError(
+          f"cannot read {path} as a .npy array ({error}); save it with np.save"
+        ) from None
       if batch.ndim == 2:
         batch = batch[None]
+      if batch.ndim == 4 and batch.shape[-1] == 1:  # [N, 28, 28, 1]: one channel, as [N, 28, 28]
+        batch = batch[..., 0]
+      if batch.ndim == 4 and batch.shape[1:3] == data.IMAGE_SHAPE:
+        raise UserError(
+          f"{path} holds {batch.shape[-1]}-channel images (shape {batch.shape}); Fashion-MNIST "
+          f"is greyscale: pass [N, 28, 28] arrays (e.g. batch.mean(axis=-1)), or save the "
+          f"images as PNG files, which are converted to grey"
+        )
       if batch.shape[1:] != data.IMAGE_SHAPE:
         raise UserError(
           f"{path} holds an array of shape {batch.shape}; predict needs [N, 28, 28] "

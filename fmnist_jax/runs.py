@@ -74,7 +74,7 @@ def load_run(workdir: str | pathlib.Path) -> Run:
     config, dataset.train.images, len(dataset.train), num_members=len(members)
   )
   state = trainer.init_state(members)
-  run_dir = checkpoint.RunDir(workdir, config)
+  run_dir = checkpoint.RunDir(workdir, config, exclusive=False)
   restored = run_dir.restore_latest(
     {"state": state, "early_stopping": train.EarlyStopping.create(state, len(members))}
   )
@@ -213,19 +213,19 @@ def fit_ensemble(
   members = member_configs(config)
   for _, member in members:
     config_checks.check(member)  # every member is checked before any trains
-  run_dir = checkpoint.RunDir(workdir, config, checkpoints=False)
-  member_dirs = []
-  for name, member in members:
-    member_dir = workdir.parent / name
-    member_dirs.append(member_dir)
-    if checkpoint.is_finished(member_dir, member):
-      print(f"ensemble member {name}: reusing the finished run in {member_dir}", flush=True)
-      continue
-    print(f"ensemble member {name}: training in {member_dir}", flush=True)
-    train.fit(member, member_dir, show_progress=show_progress)
-  result = evaluate_paired(member_dirs)
-  result["ensemble_summary"] = result["rule_summaries"][ensemble.STUDY_RULE]
-  run_dir.write_results(result)
+  with checkpoint.RunDir(workdir, config, checkpoints=False) as run_dir:
+    member_dirs = []
+    for name, member in members:
+      member_dir = workdir.parent / name
+      member_dirs.append(member_dir)
+      if checkpoint.is_finished(member_dir, member):
+        print(f"ensemble member {name}: reusing the finished run in {member_dir}", flush=True)
+        continue
+      print(f"ensemble member {name}: training in {member_dir}", flush=True)
+      train.fit(member, member_dir, show_progress=show_progress)
+    result = evaluate_paired(member_dirs)
+    result["ensemble_summary"] = result["rule_summaries"][ensemble.STUDY_RULE]
+    run_dir.write_results(result)
   if config.figures:
     from fmnist_jax import analysis  # matplotlib only when figures are wanted
 

@@ -41,6 +41,7 @@ from fmnist_jax import (
   metrics,
   models,
   parallel,
+  summary,
 )
 from fmnist_jax import progress as progress_lib
 from fmnist_jax.errors import Preempted
@@ -489,17 +490,26 @@ def members_of(config: ConfigDict) -> Members:
   )
 
 
-def _first_non_finite(step_metrics: dict) -> list[int | None]:
-  """Per member: the index of the first step whose loss is NaN or inf, or None."""
-  finite_MxS = np.isfinite(np.asarray(step_metrics["loss"]))
-  return [None if row.all() else int(np.argmin(row)) for row in finite_MxS]
+def _first_bad_step(step_metrics: dict, max_loss: float = 0.0) -> list[int | None]:
+  """Per member: the index of the first step whose loss is NaN, inf or above `max_loss`
+  (when > 0), or None."""
+  loss_MxS = np.asarray(step_metrics["loss"])
+  good_MxS = np.isfinite(loss_MxS) & ((max_loss <= 0) | (loss_MxS <= max_loss))
+  return [None if row.all() else int(np.argmin(row)) for row in good_MxS]
 
 
-def _non_finite_error(loss, step: int, epoch: int, learning_rate: float) -> FloatingPointError:
+def _divergence_error(
+  loss, step: int, epoch: int, learning_rate: float, max_loss: float = 0.0
+) -> FloatingPointError:
+  what = (
+    f"became {loss}"
+    if not np.isfinite(loss)
+    else f"reached {loss:.4g}, above divergence_threshold={max_loss:g}"
+  )
   return FloatingPointError(
-    f"training loss became {loss} at step {step} (epoch {epoch + 1}); the last good checkpoint "
-    f"is kept. Lower optimizer.learning_rate (now {learning_rate:g}) or use "
-    f"data.preprocessing='scale01'."
+    f"training diverged: the loss {what} at step {step} (epoch {epoch + 1}). The checkpoint "
+    f"of the last good epoch is kept. Lower optimizer.learning_rate (now {learning_rate:g}) "
+    f"or use data.preprocessing='scale01', in a new --workdir (or rerun with --overwrite)."
   )
 
 
@@ -532,9 +542,9 @@ def _pretrain(
       pre_state, active, images, labels, members.epoch_keys(_PRETRAIN_STREAM, epoch)
     )
     losses_MxS = np.asarray(step_metrics["loss"])
-    for index, first_bad in enumerate(_first_non_finite(step_metrics)):
+    for index, first_bad in enumerate(_first_bad_step(step_metrics)):
       if first_bad is not None:
-        raise _non_finite_error(
+        raise _divergence_error(
           losses_MxS[index, first_bad], first_bad + 1, epoch, pre.learning_rate
         )
       log(
@@ -598,192 +608,220 @@ def fit(
     max_to_keep=config.checkpoint.max_to_keep,
   )
 
-  layout = parallel.make_layout(config)
-  device_data = {
-    name: (layout.replicate(split.images), layout.replicate(split.labels))
-    for name, split in dataset.splits().items()
-  }
-  members = members or members_of(config)
-  num_members = len(members)
-  trainer_args = (dataset.train.images, len(dataset.train))
-  trainer = Trainer.create(config, *trainer_args, num_members=num_members, layout=layout)
-  state = trainer.init_state(members)
-  num_params = models.count_params(trainer.model(member(state, 0)))
-  # Jitted, so its arrays live where the state does (replicated on a mesh).
-  new_early_stopping = layout.jit(partial(EarlyStopping.create, num_members=num_members))
-  early = new_early_stopping(state)
-  es_config = config.early_stopping
-  has_val = "val" in device_data
-  update_members = jax.jit(
-    jax.vmap(
-      partial(update_early_stopping, patience=es_config.patience, min_delta=es_config.min_delta),
-      in_axes=(0, 0, 0, None, 0),
-    )
-  )
-  peak_learning_rates = np.asarray(members.hyperparams["learning_rate"])
-
-  start_epoch = 0
-  restored = run.restore_latest({"state": state, "early_stopping": early})
-  if restored is not None:
-    start_epoch, payload = restored
-    state, early = payload["state"], payload["early_stopping"]
-  elif config.pretrain.num_epochs > 0:
-    pretrained = _pretrain(
-      config, trainer_args, members, state, device_data, run.log_metrics, layout
-    )
-    state = state.replace(
-      params=pretrained.params,
-      model_state=pretrained.model_state,
-      opt_state=trainer.init_optimizer_members(pretrained.params, members.stacked_hyperparams()),
-    )
+  with run:  # closed (saves finished, lock released) however training ends
+    layout = parallel.make_layout(config)
+    device_data = {
+      name: (layout.replicate(split.images), layout.replicate(split.labels))
+      for name, split in dataset.splits().items()
+    }
+    members = members or members_of(config)
+    num_members = len(members)
+    trainer_args = (dataset.train.images, len(dataset.train))
+    trainer = Trainer.create(config, *trainer_args, num_members=num_members, layout=layout)
+    state = trainer.init_state(members)
+    num_params = models.count_params(trainer.model(member(state, 0)))
+    # Jitted, so its arrays live where the state does (replicated on a mesh).
+    new_early_stopping = layout.jit(partial(EarlyStopping.create, num_members=num_members))
     early = new_early_stopping(state)
-
-  def active_members() -> np.ndarray:
-    stopped, diverged = jax.device_get((early.stopped, early.diverged))
-    return ~diverged & ~(stopped & es_config.enabled)
-
-  bar = progress_lib.EpochBar(
-    config.num_epochs,
-    start_epoch,
-    enabled=show_progress and checkpoint.is_writer(),
-    desc=config.model.name,
-  )
-  saved_epoch = trained_epoch = start_epoch
-
-  def save():
-    run.save(trained_epoch, {"state": state, "early_stopping": early})
-
-  preemption = parallel.PreemptionSignal()
-  try:
-    for epoch in range(start_epoch, config.num_epochs):
-      active = active_members()
-      if not active.any():
-        break
-      epoch_start = time.time()
-      steps_before = np.asarray(state.step)
-      state, step_metrics = trainer.train_members(
-        state,
-        jnp.asarray(active),
-        *device_data["train"],
-        members.epoch_keys(_TRAIN_STREAM, epoch),
+    es_config = config.early_stopping
+    has_val = "val" in device_data
+    update_members = jax.jit(
+      jax.vmap(
+        partial(update_early_stopping, patience=es_config.patience, min_delta=es_config.min_delta),
+        in_axes=(0, 0, 0, None, 0),
       )
-      step_metrics = jax.device_get(step_metrics)
-      diverged_now = np.zeros(num_members, bool)
-      for index, first_bad in enumerate(_first_non_finite(step_metrics)):
-        if first_bad is None or not active[index]:
-          continue
-        error = _non_finite_error(
-          step_metrics["loss"][index, first_bad],
-          int(steps_before[index]) + first_bad + 1,
-          epoch,
-          float(peak_learning_rates[index]),
+    )
+    peak_learning_rates = np.asarray(members.hyperparams["learning_rate"])
+
+    start_epoch = 0
+    restored = run.restore_latest({"state": state, "early_stopping": early})
+    if restored is not None:
+      start_epoch, payload = restored
+      state, early = payload["state"], payload["early_stopping"]
+    elif config.pretrain.num_epochs > 0:
+      pretrained = _pretrain(
+        config, trainer_args, members, state, device_data, run.log_metrics, layout
+      )
+      state = state.replace(
+        params=pretrained.params,
+        model_state=pretrained.model_state,
+        opt_state=trainer.init_optimizer_members(pretrained.params, members.stacked_hyperparams()),
+      )
+      early = new_early_stopping(state)
+
+    def active_members() -> np.ndarray:
+      stopped, diverged = jax.device_get((early.stopped, early.diverged))
+      return ~diverged & ~(stopped & es_config.enabled)
+
+    bar = progress_lib.EpochBar(
+      config.num_epochs,
+      start_epoch,
+      enabled=show_progress and checkpoint.is_writer(),
+      desc=config.model.name,
+    )
+    saved_epoch = trained_epoch = start_epoch
+    summaries = summary.Writer(
+      run.path,
+      config,
+      summary.member_names(members.seeds, [members.describe(i) for i in range(num_members)]),
+      steps_per_epoch=trainer.steps_per_epoch,
+      start_epoch=start_epoch,
+      enabled=checkpoint.is_writer(),
+    )
+
+    def save():
+      run.save(trained_epoch, {"state": state, "early_stopping": early})
+
+    preemption = parallel.PreemptionSignal()
+    try:
+      for epoch in range(start_epoch, config.num_epochs):
+        active = active_members()
+        if not active.any():
+          break
+        epoch_start = time.time()
+        steps_before = np.asarray(state.step)
+        state, step_metrics = trainer.train_members(
+          state,
+          jnp.asarray(active),
+          *device_data["train"],
+          members.epoch_keys(_TRAIN_STREAM, epoch),
         )
-        if num_members == 1:
-          raise error
-        diverged_now[index] = True
-        described = ", ".join(f"{k}={v:g}" for k, v in members.describe(index).items())
-        print(
-          f"warning: member {index} (seed {members.seeds[index]}, {described}) diverged: its "
-          f"training loss became {step_metrics['loss'][index, first_bad]} in epoch {epoch + 1}. "
-          f"It is frozen and reported as diverged; the other members go on.",
-          file=sys.stderr,
+        step_metrics = jax.device_get(step_metrics)
+        diverged_now = np.zeros(num_members, bool)
+        bad_steps = _first_bad_step(step_metrics, config.divergence_threshold)
+        for index, first_bad in enumerate(bad_steps):
+          if first_bad is None or not active[index]:
+            continue
+          error = _divergence_error(
+            step_metrics["loss"][index, first_bad],
+            int(steps_before[index]) + first_bad + 1,
+            epoch,
+            float(peak_learning_rates[index]),
+            config.divergence_threshold,
+          )
+          if num_members == 1:
+            raise error
+          diverged_now[index] = True
+          described = ", ".join(f"{k}={v:g}" for k, v in members.describe(index).items())
+          print(
+            f"warning: member {index} (seed {members.seeds[index]}, {described}) diverged: its "
+            f"training loss became {step_metrics['loss'][index, first_bad]} in epoch {epoch + 1}. "
+            f"It is frozen and reported as diverged; the other members go on.",
+            file=sys.stderr,
+          )
+        if diverged_now.any() and not (active & ~diverged_now).any():
+          raise FloatingPointError(f"every member diverged by epoch {epoch + 1}; {error}")
+        if diverged_now.any():
+          early = early.replace(diverged=early.diverged | jnp.asarray(diverged_now))
+        first_step = int(steps_before.max())
+        multipliers_S = np.broadcast_to(  # a constant schedule returns a scalar
+          trainer.schedule(jnp.arange(first_step, first_step + trainer.steps_per_epoch)),
+          (trainer.steps_per_epoch,),
         )
-      if diverged_now.any() and not (active & ~diverged_now).any():
-        raise FloatingPointError(f"every member diverged by epoch {epoch + 1}; {error}")
-      if diverged_now.any():
-        early = early.replace(diverged=early.diverged | jnp.asarray(diverged_now))
-      learning_rates = peak_learning_rates * float(trainer.schedule(int(steps_before.max())))
-      counts_M = step_metrics["count"].sum(axis=1)
-      records = [
+        learning_rates = peak_learning_rates * multipliers_S[0]
+        summaries.log_steps(
+          epoch + 1,
+          step_metrics,
+          steps_before,
+          peak_learning_rates[:, None] * multipliers_S[None, :],
+          active & ~diverged_now,
+        )
+        counts_M = step_metrics["count"].sum(axis=1)
+        records = [
+          {
+            "epoch": epoch + 1,
+            "member": index,
+            "seed": members.seeds[index],
+            "train/loss": float(
+              np.sum(step_metrics["loss"][index] * step_metrics["count"][index]) / counts_M[index]
+            ),
+            "train/accuracy": float(step_metrics["correct"][index].sum() / counts_M[index]),
+            "learning_rate": float(learning_rates[index]),
+          }
+          for index in range(num_members)
+        ]
+        if has_val:
+          val_metrics = _member_val_metrics(trainer, state, *device_data["val"])
+          for record, val in zip(records, val_metrics, strict=True):
+            record.update({f"val/{key}": val[key] for key in _VAL_KEYS})
+          early = update_members(
+            early,
+            state,
+            jnp.asarray([val["loss"] for val in val_metrics], jnp.float32),
+            epoch,
+            jnp.asarray(active & ~diverged_now),
+          )
+        seconds = time.time() - epoch_start
+        active_records = [records[index] for index in np.flatnonzero(active)]
+        for record in active_records:
+          record["seconds"] = seconds
+          run.log_metrics(record)
+        summaries.log_epoch(active_records)
+        trained_epoch = epoch + 1
+        if has_val and (np.asarray(early.best_epoch) == epoch).any():
+          run.save_best(
+            trained_epoch, {"params": early.best_params, "model_state": early.best_model_state}
+          )
+        preempted = preemption.received()
+        if preempted or trained_epoch % config.checkpoint.every_epochs == 0:
+          save()
+          saved_epoch = trained_epoch
+        bar.update(_mean_record(active_records, num_active=int(active.sum())))
+        if preempted:
+          raise Preempted(
+            f"stopped by SIGTERM (preemption) after epoch {trained_epoch}; its checkpoint is in "
+            f"{run.path}: rerun the same command to resume"
+          )
+      if trained_epoch > saved_epoch:  # early stopping ended the run between two saves
+        save()
+    finally:
+      # A NaN, Ctrl-C or SIGTERM must not cut off an asynchronous save of the last good epoch.
+      preemption.close()
+      bar.close()
+      run.wait()
+      summaries.close()
+
+    stopped, diverged, best_epoch = jax.device_get(
+      (early.stopped, early.diverged, early.best_epoch)
+    )
+    final_state, restore = final_states(config, state, early, has_validation=has_val)
+    # One vmapped forward pass per split gives every member's metrics and the ensembles'.
+    logits = {
+      name: trainer.predict_members(final_state, images)
+      for name, (images, _) in device_data.items()
+    }
+    scored = ensemble.score(logits, {name: labels for name, (_, labels) in device_data.items()})
+    member_metrics = scored["members"]
+    steps = np.asarray(state.step)
+    results = {
+      "model": config.model.name,
+      "num_params": num_params,
+      "num_members": num_members,
+      "protocol": protocol(config, dataset),
+      "data": dataset.source,
+      "summary": metrics.across_members(member_metrics),
+      "members": [
         {
-          "epoch": epoch + 1,
           "member": index,
           "seed": members.seeds[index],
-          "train/loss": float(
-            np.sum(step_metrics["loss"][index] * step_metrics["count"][index]) / counts_M[index]
-          ),
-          "train/accuracy": float(step_metrics["correct"][index].sum() / counts_M[index]),
-          "learning_rate": float(learning_rates[index]),
+          "hyperparameters": members.describe(index),
+          "epochs_trained": int(steps[index]) // trainer.steps_per_epoch,
+          "stopped_early": bool(es_config.enabled and stopped[index]),
+          "diverged": bool(diverged[index]),
+          "best_epoch": int(best_epoch[index]) + 1 if has_val and best_epoch[index] >= 0 else None,
+          "restored_best": bool(restore[index]),
+          "metrics": member_metrics[index],
         }
         for index in range(num_members)
-      ]
-      if has_val:
-        val_metrics = _member_val_metrics(trainer, state, *device_data["val"])
-        for record, val in zip(records, val_metrics, strict=True):
-          record.update({f"val/{key}": val[key] for key in _VAL_KEYS})
-        early = update_members(
-          early,
-          state,
-          jnp.asarray([val["loss"] for val in val_metrics], jnp.float32),
-          epoch,
-          jnp.asarray(active & ~diverged_now),
-        )
-      seconds = time.time() - epoch_start
-      active_records = [records[index] for index in np.flatnonzero(active)]
-      for record in active_records:
-        record["seconds"] = seconds
-        run.log_metrics(record)
-      trained_epoch = epoch + 1
-      if has_val and (np.asarray(early.best_epoch) == epoch).any():
-        run.save_best(
-          trained_epoch, {"params": early.best_params, "model_state": early.best_model_state}
-        )
-      preempted = preemption.received()
-      if preempted or trained_epoch % config.checkpoint.every_epochs == 0:
-        save()
-        saved_epoch = trained_epoch
-      bar.update(_mean_record(active_records, num_active=int(active.sum())))
-      if preempted:
-        raise Preempted(
-          f"stopped by SIGTERM (preemption) after epoch {trained_epoch}; its checkpoint is in "
-          f"{run.path}: rerun the same command to resume"
-        )
-    if trained_epoch > saved_epoch:  # early stopping ended the run between two saves
-      save()
-  finally:
-    # A NaN, Ctrl-C or SIGTERM must not cut off an asynchronous save of the last good epoch.
-    preemption.close()
-    bar.close()
-    run.wait()
-
-  stopped, diverged, best_epoch = jax.device_get((early.stopped, early.diverged, early.best_epoch))
-  final_state, restore = final_states(config, state, early, has_validation=has_val)
-  # One vmapped forward pass per split gives every member's metrics and the ensembles'.
-  logits = {
-    name: trainer.predict_members(final_state, images) for name, (images, _) in device_data.items()
-  }
-  scored = ensemble.score(logits, {name: labels for name, (_, labels) in device_data.items()})
-  member_metrics = scored["members"]
-  steps = np.asarray(state.step)
-  results = {
-    "model": config.model.name,
-    "num_params": num_params,
-    "num_members": num_members,
-    "protocol": protocol(config, dataset),
-    "data": dataset.source,
-    "summary": metrics.across_members(member_metrics),
-    "members": [
-      {
-        "member": index,
-        "seed": members.seeds[index],
-        "hyperparameters": members.describe(index),
-        "epochs_trained": int(steps[index]) // trainer.steps_per_epoch,
-        "stopped_early": bool(es_config.enabled and stopped[index]),
-        "diverged": bool(diverged[index]),
-        "best_epoch": int(best_epoch[index]) + 1 if has_val and best_epoch[index] >= 0 else None,
-        "restored_best": bool(restore[index]),
-        "metrics": member_metrics[index],
-      }
-      for index in range(num_members)
-    ],
-    "wall_seconds": time.time() - start_time,  # this process, so a resume counts from 0
-    "train_seconds": _train_seconds(run.read_metrics()),  # every epoch, across resumes
-  }
-  if num_members > 1 and all(len(set(v)) == 1 for v in members.hyperparams.values()):
-    # Seeds of one recipe: their ensemble is free to score, and worth knowing.
-    results["ensemble"] = {"rules": scored["rules"], "gain": ensemble.best_member_gain(scored)}
-  run.write_results(results)
-  run.close()
+      ],
+      "wall_seconds": time.time() - start_time,  # this process, so a resume counts from 0
+      "train_seconds": _train_seconds(run.read_metrics()),  # every epoch, across resumes
+    }
+    if num_members > 1 and all(len(set(v)) == 1 for v in members.hyperparams.values()):
+      # Seeds of one recipe: their ensemble is free to score, and worth knowing.
+      results["ensemble"] = {"rules": scored["rules"], "gain": ensemble.best_member_gain(scored)}
+    summaries.log_results(config, results["members"])
+    run.write_results(results)
   if config.figures:
     analysis.write_run_outputs(
       run.path, workdir.name, results, dataset.test, jax.device_get(logits["test"])

@@ -1,22 +1,29 @@
 """Training in a process of its own, for tests that need one: fake devices, kill -9.
 
   python tests/run_worker.py WORKDIR [--model=small|mlp_baseline|cnn] [--devices=N]
-      [--epochs=N] [--num_train=N] [--every=N] [--kill=commit:EPOCH|logged:EPOCH]
+      [--epochs=N] [--num_train=N] [--every=N]
+      [--kill=commit:EPOCH|logged:EPOCH|save:EPOCH:SECONDS] [--time_saves=1]
       [--coordinator=HOST:PORT --num_processes=N --process_id=I]
 
 Trains on the small real subset (tests/small.py). `--kill` sends this process
 SIGKILL at a chosen point: `commit:E` once epoch E's checkpoint is fully written
 but not yet committed (orbax's atomic rename), `logged:E` once epoch E's metrics
-are written but before its checkpoint is saved. Set XLA_FLAGS in the environment
+are written but before its checkpoint is saved, `save:E:S` S seconds after epoch
+E's save begins (while orbax writes it, or after), first writing the epochs then
+committed to WORKDIR/committed_at_kill.json. `--time_saves=1` prints how long
+each save takes to be fully written. Set XLA_FLAGS in the environment
 for fake CPU devices. `--coordinator` makes it one process of a multi-process
 ("multi-host") run on this machine, its processes talking over gloo.
 """
 
 import argparse
+import json
 import os
 import pathlib
 import signal
 import sys
+import threading
+import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -39,7 +46,7 @@ def kill_self():
 
 
 def arm_kill(spec: str):
-  where, epoch = spec.split(":")
+  where, epoch = spec.split(":")[:2]
   if where == "commit":  # orbax commits `<step>.orbax-checkpoint-tmp` by renaming it `<step>`
     rename = os.rename
 
@@ -58,8 +65,39 @@ def arm_kill(spec: str):
         kill_self()
 
     checkpoint.RunDir.log_metrics = log_then_die
+  elif where == "save":
+    save, delay = checkpoint.RunDir.save, float(spec.split(":")[2])
+
+    def save_and_die_soon(self, saved_epoch, payload):
+      if saved_epoch == int(epoch):
+
+        def record_then_kill():
+          # What was committed at the moment of the kill: all of it must survive.
+          committed = sorted(
+            int(p.name) for p in (self.path / "checkpoints").iterdir() if p.name.isdigit()
+          )
+          (self.path / "committed_at_kill.json").write_text(json.dumps(committed))
+          kill_self()
+
+        threading.Timer(delay, record_then_kill).start()
+      return save(self, saved_epoch, payload)
+
+    checkpoint.RunDir.save = save_and_die_soon
   else:
     raise ValueError(f"unknown --kill {spec}")
+
+
+def time_saves():
+  """Prints `save E: S s`: from the save call until orbax has committed it."""
+  save = checkpoint.RunDir.save
+
+  def timed_save(self, epoch, payload):
+    start = time.perf_counter()
+    save(self, epoch, payload)
+    self.wait()
+    print(f"save {epoch}: {time.perf_counter() - start:.3f} s", flush=True)
+
+  checkpoint.RunDir.save = timed_save
 
 
 def main():
@@ -71,6 +109,7 @@ def main():
   parser.add_argument("--num_train", type=int, default=2_000)
   parser.add_argument("--every", type=int, default=1)
   parser.add_argument("--kill")
+  parser.add_argument("--time_saves", type=int, default=0, help="1: print save times")
   parser.add_argument("--coordinator")
   parser.add_argument("--num_processes", type=int)
   parser.add_argument("--process_id", type=int)
@@ -82,6 +121,8 @@ def main():
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   dataset = small_dataset(data.find_data_dir(None), args.num_train)
   data.load = lambda config: dataset
+  if args.time_saves:
+    time_saves()
   if args.kill:
     arm_kill(args.kill)
   config = config_for(

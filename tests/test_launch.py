@@ -50,67 +50,6 @@ def test_seeds_report_mean_and_std_and_every_member(real_data_dir, tmp_path):
   assert results["summary"]["test"]["accuracy"]["mean"] == pytest.approx(sum(accuracies) / 2)
 
 
-@pytest.mark.parametrize(
-  "args,message",
-  [
-    (["--config=configs/nope.py"], "config file configs/nope.py not found; choose one of"),
-    (
-      ["--config=configs/cnn.py", "--config.optimizer.learnin_rate=1"],
-      'unknown config key.*Did you mean "learning_rate"',
-    ),
-    (["--config=configs/cnn.py", "--config.batch_size=abc"], "--config.batch_size=abc"),
-    (
-      ["--config=configs/cnn.py", "--config.optimizer.learning_rate=-1"],
-      r"config.optimizer.learning_rate=-1.0: must be a number in \(0.0, 10.0\]",
-    ),
-    (["--config=configs/cnn.py", "--config.batch_size=0"], "batch_size=0: must be a positive"),
-    (["--config=configs/cnn.py", "--config.optimizer.name=rmsprop"], "choose one of"),
-    (["--config=configs/cnn.py", "--config.model.activation=relux"], "model.activation"),
-    (["--config=configs/cnn.py", "--config.model.dense_dropout_rates=1.5"], r"\[0, 1\)"),
-    (["--config=configs/cnn.py", "--config.data.validation_split=head"], "validation_split"),
-    (["--config=configs/cnn.py", "--config.data.preprocessing=zscore"], "preprocessing"),
-    (["--config=configs/cnn.py", "--config.data.dir=/nonexistent"], "/nonexistent"),
-    (["--config=configs/cnn.py", "--config.data.validation_size=60000"], "validation_size"),
-    (["--config=configs/cnn.py", "--config.conv_impl=cudnn"], "conv_impl"),
-    (["--config=configs/mlp_baseline.py", "--config.pretrain.num_epochs=2"], "autoencoder"),
-    (["--config=configs/cnn.py", "--config.data.validation_size=0"], "early_stopping"),
-    (["--config=configs/cnn.py", "--config.num_seeds=0"], "num_seeds=0: must be a positive"),
-    (["--config=configs/cnn.py", "--config.sweep.grid=optimizer.lr=1,2"], "unknown config key"),
-    (["--config=configs/cnn.py", "--config.sweep.metric=val/acc"], "sweep.metric"),
-    (
-      ["--config=configs/study_one_hidden.py:nonsense", "--config.num_epochs=1"],
-      r"study_one_hidden.py:nonsense failed to load: ValueError: .*choose one of",
-    ),
-    (
-      ["--config=configs/mlp_ensemble.py", "--config.ensemble.members=('mlp_1hidden', 'nope')"],
-      "names 'nope', which is not a config",
-    ),
-  ],
-)
-def test_mistakes_get_one_clear_line_and_status_2(args, message, tmp_path):
-  result = launch(*args, workdir=tmp_path / "run")
-  assert result.returncode == 2, result.stderr
-  assert "Traceback" not in result.stderr
-  assert result.stderr.startswith("error: ")
-  assert pytest.importorskip("re").search(message, result.stderr), result.stderr
-
-
-def test_a_config_file_without_get_config_is_named(tmp_path):
-  config_file = tmp_path / "broken.py"
-  config_file.write_text("def make_config():\n  return None\n")
-  result = launch(f"--config={config_file}", workdir=tmp_path / "run")
-  assert result.returncode == 2 and "does not define get_config()" in result.stderr
-  assert "Traceback" not in result.stderr
-
-
-def test_an_unusable_workdir_is_named(real_data_dir, tmp_path):
-  not_a_directory = tmp_path / "file"
-  not_a_directory.write_text("")
-  result = launch("--config=configs/mlp_baseline.py", workdir=not_a_directory)
-  assert result.returncode == 2 and "Traceback" not in result.stderr
-  assert f"cannot write to workdir {not_a_directory}" in result.stderr
-
-
 def test_the_default_workdir_names_the_config_and_its_argument():
   from fmnist_jax import cli
 

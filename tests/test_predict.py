@@ -7,7 +7,6 @@ from PIL import Image
 from small import small_config
 
 from fmnist_jax import data, export, predict, runs, train
-from fmnist_jax.errors import UserError
 
 NUM_IMAGES = 20
 
@@ -68,27 +67,6 @@ def test_npy_and_idx_batches_are_accepted(small_dataset, tmp_path):
     loaded, names = predict.load_inputs([str(tmp_path / name)])
     np.testing.assert_array_equal(loaded, images)
     assert names[0] == f"{name}[0]"
-
-
-@pytest.mark.parametrize(
-  "write, message",
-  [
-    (lambda p: p.write_bytes(b"not an image"), "cannot read .* as an image"),
-    (lambda p: np.save(p, np.zeros((4, 32, 32))), r"shape \(4, 32, 32\); predict needs"),
-    (lambda p: None, "no such file"),
-  ],
-)
-def test_bad_inputs_get_one_clear_message(tmp_path, write, message):
-  path = tmp_path / ("input.npy" if "shape" in message else "input.png")
-  write(path)
-  with pytest.raises(UserError, match=message):
-    predict.load_inputs([str(path)])
-
-
-def test_a_workdir_without_a_finished_run_is_named(tmp_path, capsys):
-  np.save(tmp_path / "x.npy", np.zeros((1, 28, 28), np.uint8))
-  assert predict.main(["--workdir", str(tmp_path / "nothing"), str(tmp_path / "x.npy")]) == 2
-  assert "not a run directory" in capsys.readouterr().err
 
 
 def test_the_exported_function_gives_the_same_logits(

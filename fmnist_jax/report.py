@@ -1,0 +1,402 @@
+"""One page for every run in a directory: results against the studies, curves, errors.
+
+  python -m fmnist_jax.report runs/                 # writes runs/report/report.md and .html
+  python -m fmnist_jax.report runs/ --out=/tmp/r    # elsewhere
+
+Every workdir under the directory (a run, an ensemble, a sweep) is read from its
+config.json and results.json; nothing is recomputed. Each run is matched to the
+config file it came from (configs/*.py, ignoring seed and num_seeds; any other
+difference is named, e.g. `cnn (model.batch_norm=False)`), and the runs of one
+config are pooled across workdirs, so `runs/cnn` and `runs/cnn_seed1` give one row
+with mean +- std over both seeds, next to the study's reported number
+(`REPORTED` in the config file). The Markdown links the runs' figures; the HTML
+embeds them (one self-contained file to mail or attach).
+"""
+
+import argparse
+import base64
+import datetime
+import html
+import importlib
+import json
+import pathlib
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fmnist_jax import checkpoint, cli
+
+# Keys that do not make two runs different experiments (seeds pool; the rest is plumbing).
+POOLED_KEYS = ("seed", "num_seeds", "parallel", "logging", "figures", "checkpoint")
+FIGURES = (
+  ("learning_curves.png", "Learning curves"),
+  ("confusion.png", "Test confusion matrix"),
+  ("per_class_f1.png", "Per-class F1"),
+  ("misclassified.png", "Most confident test errors"),
+)
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Experiment:
+  """The runs of one config (with the same overrides), pooled over seeds."""
+
+  label: str
+  config_name: str | None
+  reported: dict | None
+  workdirs: list[pathlib.Path] = field(default_factory=list)
+  members: dict[int, dict] = field(default_factory=dict)  # by seed; the first workdir wins
+  num_params: int | None = None
+  protocol: str = ""
+  train_seconds: float = 0.0
+
+
+def known_configs() -> dict[str, tuple[dict, dict | None]]:
+  """{name: (flattened config.json of configs/<name>.py, its REPORTED or None)}."""
+  configs = {}
+  for name in cli.available_configs():
+    try:
+      module = importlib.import_module(f"configs.{name}")
+      config = module.get_config()
+    except Exception:  # configs that need an argument (the study sweeps) are not rows
+      continue
+    configs[name] = (json.loads(checkpoint.config_json(config)), getattr(module, "REPORTED", None))
+  return configs
+
+
+def _flat_value(config: dict, dotted: str):
+  for part in dotted.split("."):
+    if not isinstance(config, dict) or part not in config:
+      return None
+    config = config[part]
+  return config
+
+
+def identify(saved: dict, configs: dict) -> tuple[str | None, list[str]]:
+  """The config file a run came from and its overrides: (name, ['key=value', ...])."""
+  best = None
+  for name, (candidate, _) in configs.items():
+    differences = checkpoint.config_differences(saved, candidate, ignore=POOLED_KEYS)
+    if best is None or len(differences) < len(best[1]):
+      best = (name, differences)
+  if best is None or len(best[1]) > 6:  # too far from every config to be a variant of one
+    return None, []
+  name, differences = best
+  return name, [f"{key}={_flat_value(saved, key)!r}" for key in differences]
+
+
+def find_workdirs(root: pathlib.Path) -> tuple[list, list, list]:
+  """(runs, ensembles, sweeps) under `root`: directories with results.json or sweep.json.
+  A sweep's programs are part of the sweep, not runs of their own."""
+  runs, ensembles, sweeps = [], [], []
+  sweep_dirs = sorted(p.parent for p in root.rglob("sweep.json"))
+  for results_path in sorted(root.rglob("results.json")):
+    workdir = results_path.parent
+    if any(s in workdir.parents for s in sweep_dirs) or not (workdir / "config.json").exists():
+      continue
+    results = json.loads(results_path.read_text())
+    (ensembles if "pairs" in results else runs).append((workdir, results))
+  for workdir in sweep_dirs:
+    sweeps.append((workdir, json.loads((workdir / "sweep.json").read_text())))
+  return runs, ensembles, sweeps
+
+
+def pool_runs(runs, configs) -> list[Experiment]:
+  experiments: dict[str, Experiment] = {}
+  for workdir, results in runs:
+    saved = json.loads((workdir / "config.json").read_text())
+    name, overrides = identify(saved, configs)
+    label = (name or workdir.name) + (f" ({', '.join(overrides)})" if overrides else "")
+    reported = configs[name][1] if name and not overrides else None
+    experiment = experiments.setdefault(label, Experiment(label, name, reported))
+    experiment.workdirs.append(workdir)
+    for member in results["members"]:
+      if member.get("diverged"):
+        continue
+      experiment.members.setdefault(member["seed"], member)
+    experiment.num_params = results.get("num_params")
+    experiment.protocol = results.get("protocol", "")
+    experiment.train_seconds += results.get("train_seconds", 0.0)
+  order = {name: index for index, name in enumerate(configs)}
+  return sorted(
+    experiments.values(),
+    key=lambda e: (
+      e.reported is None,
+      (e.reported or {}).get("row", ""),
+      order.get(e.config_name, 99),
+      e.label,
+    ),
+  )
+
+
+def mean_std(values: Sequence[float]) -> str:
+  values = np.asarray(values, np.float64)
+  if len(values) == 1:
+    return f"{values[0]:.4f}"
+  return f"{values.mean():.4f} +- {values.std(ddof=1):.4f}"
+
+
+def _min_max(values: Sequence[float]) -> str:
+  return f"{min(values):.4f}-{max(values):.4f}" if len(values) > 1 else ""
+
+
+def results_rows(experiments: list[Experiment]) -> list[list[str]]:
+  rows = []
+  for e in experiments:
+    members = list(e.members.values())
+    if not members:
+      continue
+    accuracy = {
+      split: [m["metrics"][split]["accuracy"] for m in members if split in m["metrics"]]
+      for split in SPLITS
+    }
+    test_f1 = [m["metrics"]["test"]["f1_macro"] for m in members]
+    reported = (e.reported or {}).get("test_accuracy")
+    mean_test = float(np.mean(accuracy["test"]))
+    rows.append(
+      [
+        (e.reported or {}).get("row", ""),
+        e.label,
+        ", ".join(str(seed) for seed in sorted(e.members)),
+        " / ".join(mean_std(accuracy[s]) for s in SPLITS if accuracy[s]),
+        f"**{mean_std(accuracy['test'])}**",
+        _min_max(accuracy["test"]),
+        mean_std(test_f1),
+        "" if reported is None else f"{reported:.4f}",
+        "" if reported is None else f"{mean_test - reported:+.4f}",
+        ", ".join(w.name for w in e.workdirs),
+      ]
+    )
+  return rows
+
+
+RESULTS_HEADER = [
+  "Row",
+  "Config",
+  "Seeds",
+  "Accuracy train / val / test",
+  "Test accuracy",
+  "Test min-max",
+  "Test F1 (macro)",
+  "Reported",
+  "Difference",
+  "Workdirs",
+]
+
+
+def ensemble_rows(ensembles, configs) -> list[list[str]]:
+  rows = []
+  for workdir, result in ensembles:
+    saved = json.loads((workdir / "config.json").read_text())
+    name, overrides = identify(saved, configs)
+    reported = configs[name][1] if name and not overrides else None
+    summary = result["ensemble_summary"]
+    test = summary["test"]["accuracy"]
+    reported_accuracy = (reported or {}).get("test_accuracy")
+    rows.append(
+      [
+        (reported or {}).get("row", ""),
+        workdir.name,
+        " + ".join(result["run_summaries"]),
+        str(len(result["pairs"])),
+        " / ".join(f"{summary[s]['accuracy']['mean']:.4f}" for s in SPLITS if s in summary),
+        f"**{test['mean']:.4f}"
+        + (f" +- {test['std']:.4f}**" if len(result["pairs"]) > 1 else "**"),
+        f"{summary['test']['f1_macro']['mean']:.4f}",
+        "" if reported_accuracy is None else f"{reported_accuracy:.4f}",
+        "" if reported_accuracy is None else f"{test['mean'] - reported_accuracy:+.4f}",
+      ]
+    )
+  return sorted(rows, key=lambda row: (row[0] == "", row[0], row[1]))
+
+
+ENSEMBLE_HEADER = [
+  "Row",
+  "Workdir",
+  "Members",
+  "Seed pairs",
+  "Accuracy train / val / test",
+  "Test accuracy",
+  "Test F1",
+  "Reported",
+  "Difference",
+]
+
+
+def sweep_rows(sweeps, root: pathlib.Path) -> list[list[str]]:
+  rows = []
+  for workdir, result in sweeps:
+    best = result.get("best") or {}
+    point = best.get("point") or best.get("label") or best
+    rows.append(
+      [
+        str(workdir.relative_to(root)),
+        ", ".join(result.get("swept", [])),
+        str(len(result.get("rows", []))),
+        result.get("metric", ""),
+        json.dumps(point) if not isinstance(point, str) else point,
+      ]
+    )
+  return rows
+
+
+SWEEP_HEADER = ["Sweep", "Swept keys", "Points", "Metric", "Best point"]
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+  def cell(text: str, tag: str) -> str:
+    text = html.escape(text)
+    if text.startswith("**") and text.endswith("**"):
+      text = f"<b>{text[2:-2]}</b>"
+    return f"<{tag}>{text}</{tag}>"
+
+  head = "".join(cell(h, "th") for h in header)
+  body = "".join("<tr>" + "".join(cell(c, "td") for c in row) + "</tr>" for row in rows)
+  return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _figures(workdir: pathlib.Path) -> list[tuple[pathlib.Path, str]]:
+  return [(workdir / name, title) for name, title in FIGURES if (workdir / name).exists()]
+
+
+def _image_tag(path: pathlib.Path, title: str) -> str:
+  data = base64.b64encode(path.read_bytes()).decode("ascii")
+  return (
+    f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
+    f"<figcaption>{html.escape(title)}</figcaption></figure>"
+  )
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; }
+h1 { font-size: 1.6em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.6em 0; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; }
+th { background: #f2f4f7; } tr:nth-child(even) td { background: #fafbfc; }
+details { margin: 0.5em 0; border: 1px solid #e3e3e3; border-radius: 4px; padding: 0.4em 0.8em; }
+summary { cursor: pointer; font-weight: 600; }
+figure { display: inline-block; margin: 0.5em; vertical-align: top; }
+figure img { max-width: 620px; border: 1px solid #eee; }
+figcaption { font-size: 0.8em; color: #555; }
+.note { color: #555; font-size: 0.9em; }
+"""
+
+
+def build(root: pathlib.Path, out: pathlib.Path) -> tuple[str, str]:
+  """(markdown, html) of the report on every workdir under `root`; links relative to `out`."""
+  configs = known_configs()
+  runs, ensembles, sweeps = find_workdirs(root)
+  experiments = pool_runs(runs, configs)
+  results = results_rows(experiments)
+  ensemble_table = ensemble_rows(ensembles, configs)
+  sweep_table = sweep_rows(sweeps, root)
+  stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+  intro = (
+    f"{len(runs)} runs, {len(ensembles)} ensembles and {len(sweeps)} sweeps under `{root}`; "
+    f"generated {stamp} by `python -m fmnist_jax.report`. Each row pools the runs of one "
+    f"config over their seeds (mean +- sample std); `Reported` is the study's test accuracy."
+  )
+  md = [f"# fmnist_jax report: {root}", "", intro, "", "## Results", ""]
+  md.append(markdown_table(RESULTS_HEADER, results) if results else "No finished runs.")
+  doc = [
+    f"<h1>fmnist_jax report: {html.escape(str(root))}</h1>",
+    f"<p class='note'>{html.escape(intro)}</p>",
+    "<h2>Results</h2>",
+    html_table(RESULTS_HEADER, results) if results else "<p>No finished runs.</p>",
+  ]
+  if ensemble_table:
+    md += [
+      "",
+      "## Ensembles (argmax of summed softmax)",
+      "",
+      markdown_table(ENSEMBLE_HEADER, ensemble_table),
+    ]
+    doc += [
+      "<h2>Ensembles (argmax of summed softmax)</h2>",
+      html_table(ENSEMBLE_HEADER, ensemble_table),
+    ]
+  if sweep_table:
+    md += ["", "## Sweeps", "", markdown_table(SWEEP_HEADER, sweep_table)]
+    doc += ["<h2>Sweeps</h2>", html_table(SWEEP_HEADER, sweep_table)]
+  md += ["", "## Runs", ""]
+  doc.append("<h2>Runs</h2>")
+  for e in experiments:
+    for workdir in e.workdirs:
+      title = f"{workdir.name}: {e.label}"
+      members = [m for m in e.members.values()]
+      detail = f"{e.num_params:,} params; {e.protocol}" if e.num_params else e.protocol
+      md += [f"### {title}", "", detail, ""]
+      md += [f"![{t}]({_relative(p, out)})" for p, t in _figures(workdir)] + [""]
+      images = "".join(_image_tag(p, t) for p, t in _figures(workdir))
+      seeds = ", ".join(str(m["seed"]) for m in members)
+      doc.append(
+        f"<details><summary>{html.escape(title)}</summary>"
+        f"<p class='note'>{html.escape(detail)}; seeds {seeds}</p>{images}</details>"
+      )
+  for workdir, _ in ensembles + sweeps:
+    figures = [
+      (workdir / n, t)
+      for n, t in (
+        ("per_class_f1.png", "Per-class F1"),
+        ("sweep.png", "Sweep"),
+        ("sweep_curves.png", "Sweep curves"),
+      )
+    ]
+    figures = [(p, t) for p, t in figures if p.exists()]
+    if figures:
+      md += (
+        [f"### {workdir.name}", ""] + [f"![{t}]({_relative(p, out)})" for p, t in figures] + [""]
+      )
+      doc.append(
+        f"<details><summary>{html.escape(workdir.name)}</summary>"
+        + "".join(_image_tag(p, t) for p, t in figures)
+        + "</details>"
+      )
+  page = (
+    "<!doctype html><html><head><meta charset='utf-8'>"
+    f"<title>fmnist_jax report: {html.escape(str(root))}</title><style>{STYLE}</style></head>"
+    f"<body>{''.join(doc)}</body></html>"
+  )
+  return "\n".join(md) + "\n", page
+
+
+def _relative(path: pathlib.Path, out: pathlib.Path) -> str:
+  import os
+
+  return os.path.relpath(path.absolute(), out.absolute())
+
+
+def main(argv: list[str]) -> int:
+  parser = argparse.ArgumentParser(
+    prog="python -m fmnist_jax.report", description=__doc__.split("\n\n")[0]
+  )
+  parser.add_argument("root", help="a directory of workdirs, e.g. runs/")
+  parser.add_argument("--out", help="where report.md and report.html go (default ROOT/report)")
+  args = parser.parse_args(argv)
+  start = time.perf_counter()
+  root = pathlib.Path(args.root)
+  if not root.is_dir():
+    print(
+      f"error: {root} is not a directory; pass the directory holding your runs", file=sys.stderr
+    )
+    return cli.EXIT_USER_ERROR
+  out = pathlib.Path(args.out) if args.out else root / "report"
+  out.mkdir(parents=True, exist_ok=True)
+  markdown, page = build(root, out)
+  (out / "report.md").write_text(markdown)
+  (out / "report.html").write_text(page)
+  print(f"Wrote {out}/report.md and report.html in {time.perf_counter() - start:.1f} s")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

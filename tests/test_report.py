@@ -1,0 +1,101 @@
+"""The report: runs pooled over seeds beside the studies' numbers; a self-contained HTML page."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from fmnist_jax import checkpoint, cli, report
+
+SPLITS = ("train", "val", "test")
+
+
+def write_run(workdir, config, accuracies: dict[int, float], *, figure: bytes | None = None):
+  """A finished run's config.json and results.json: one member per seed with these test
+  accuracies (train and val fixed)."""
+  workdir.mkdir(parents=True)
+  (workdir / "config.json").write_text(checkpoint.config_json(config))
+  members = [
+    {
+      "seed": seed,
+      "hyperparameters": {},
+      "metrics": {
+        split: {"accuracy": value, "f1_macro": value - 0.001}
+        for split, value in zip(SPLITS, (0.97, 0.93, accuracy), strict=True)
+      },
+    }
+    for seed, accuracy in accuracies.items()
+  ]
+  results = {"members": members, "num_params": 1234, "protocol": "p", "train_seconds": 1.0}
+  (workdir / "results.json").write_text(json.dumps(results))
+  if figure:
+    (workdir / "confusion.png").write_bytes(figure)
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+  root = tmp_path / "runs"
+  cnn = cli.load_config("cnn")
+  write_run(root / "cnn", cnn, {0: 0.9291}, figure=b"\x89PNG fake")
+  cnn.seed = 1
+  write_run(root / "cnn_seed1", cnn, {1: 0.9281})
+  cnn.model.batch_norm = False
+  write_run(root / "cnn_nobn", cnn, {0: 0.9257})
+  mlp = cli.load_config("mlp_1hidden")
+  mlp.num_seeds = 3
+  write_run(root / "mlp_1hidden", mlp, {0: 0.8960, 1: 0.8970, 2: 0.8983})
+  return root
+
+
+def row_of(markdown: str, label: str) -> list[str]:
+  for line in markdown.splitlines():
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    if len(cells) > 1 and cells[1] == label:
+      return cells
+  raise AssertionError(f"no row {label!r} in\n{markdown}")
+
+
+def test_runs_of_one_config_pool_over_seeds_beside_the_reported_number(runs_dir, tmp_path):
+  markdown, _ = report.build(runs_dir, tmp_path / "out")
+  cells = row_of(markdown, "cnn")
+  assert cells[0] == "B4 3-conv CNN" and cells[2] == "0, 1"
+  expected = np.array([0.9291, 0.9281])
+  assert cells[4] == f"**{expected.mean():.4f} +- {expected.std(ddof=1):.4f}**"
+  assert cells[7] == "0.9268" and cells[8] == f"{expected.mean() - 0.9268:+.4f}"
+  assert cells[9] == "cnn, cnn_seed1"
+  # An override is a different experiment, named by its difference, with no reported number.
+  cells = row_of(markdown, "cnn (model.batch_norm=False)")
+  assert cells[4] == "**0.9257**" and cells[7] == ""
+  cells = row_of(markdown, "mlp_1hidden")
+  assert cells[0].startswith("B1") and cells[5] == "0.8960-0.8983"
+  assert "![Test confusion matrix](../runs/cnn/confusion.png)" in markdown
+
+
+def test_the_html_is_one_self_contained_file(runs_dir, tmp_path):
+  _, page = report.build(runs_dir, tmp_path / "out")
+  assert page.startswith("<!doctype html>") and "<table>" in page
+  sources = re.findall(r'(?:src|href)="([^"]*)"', page)
+  assert sources and all(source.startswith("data:image/png;base64,") for source in sources)
+  assert "<b>0.9286 +- 0.0007</b>" in page
+
+
+def test_the_command_writes_both_files(runs_dir, tmp_path):
+  assert report.main([str(runs_dir), f"--out={tmp_path / 'out'}"]) == 0
+  assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "report.html").is_file()
+  assert report.main([str(tmp_path / "nothing")]) == 2
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium")
+def test_a_headless_browser_renders_the_tables(runs_dir, tmp_path):
+  report.main([str(runs_dir), f"--out={tmp_path}"])
+  dom = subprocess.run(
+    ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"]
+    + [(tmp_path / "report.html").as_uri()],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  ).stdout
+  assert "B4 3-conv CNN" in dom and dom.count("<tr>") == 4  # header and 3 experiments

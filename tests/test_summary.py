@@ -1,0 +1,101 @@
+"""Per-step and per-epoch scalars: steps.jsonl and TensorBoard event files, read back."""
+
+import json
+import shutil
+import struct
+
+import numpy as np
+import pytest
+from small import NUM_TRAIN, small_config
+from tensorboardX.proto import event_pb2
+
+from fmnist_jax import checkpoint, summary, train
+
+BATCH = 64
+EVERY = 4  # divides the small run's 32 steps per epoch (2,000 / 64, rounded up)
+STEPS_PER_EPOCH = -(-NUM_TRAIN // BATCH)
+
+
+def read_events(directory) -> dict[str, dict[int, float]]:
+  """{tag: {step: value}} of every event file in `directory`, parsed from the TFRecord
+  framing by hand (length, crc, payload, crc), independently of tensorboardX's writer."""
+  scalars, tags = {}, set()
+  for path in sorted(directory.glob("events.out.tfevents.*")):
+    content, offset = path.read_bytes(), 0
+    while offset < len(content):
+      (length,) = struct.unpack("<Q", content[offset : offset + 8])
+      event = event_pb2.Event.FromString(content[offset + 12 : offset + 12 + length])
+      offset += 12 + length + 4
+      for value in event.summary.value:
+        tags.add(value.tag)
+        if value.HasField("simple_value"):
+          scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+  return scalars, tags
+
+
+@pytest.fixture(scope="module")
+def logged_run(tmp_path_factory, small_dataset):
+  monkeypatch = pytest.MonkeyPatch()
+  monkeypatch.setattr(train.data, "load", lambda config: small_dataset)
+  workdir = tmp_path_factory.mktemp("logged")
+  config = small_config(
+    num_epochs=2, num_seeds=2, batch_size=BATCH, **{"logging.every_steps": EVERY}
+  )
+  results = train.fit(config, workdir, show_progress=False)
+  yield workdir, config, results
+  monkeypatch.undo()
+
+
+def test_steps_jsonl_has_every_nth_step_of_every_member(logged_run):
+  workdir, _, _ = logged_run
+  steps = summary.read_steps(workdir)
+  expected = list(range(EVERY, 2 * STEPS_PER_EPOCH + 1, EVERY))
+  for member in (0, 1):
+    assert [s["step"] for s in steps if s["member"] == member] == expected
+  # The windows tile each epoch, so their mean is the epoch's training loss in metrics.jsonl.
+  epochs = checkpoint.read_metrics(workdir)
+  for record in epochs:
+    windows = [
+      s for s in steps if s["member"] == record["member"] and s["epoch"] == record["epoch"]
+    ]
+    # Every window is 4 full batches but the epoch's last, which holds the partial batch.
+    counts = [BATCH * EVERY] * (len(windows) - 1)
+    counts.append(NUM_TRAIN - sum(counts))
+    mean = np.average([w["train/loss"] for w in windows], weights=counts)
+    assert mean == pytest.approx(record["train/loss"], rel=1e-5)
+    assert all(w["learning_rate"] == pytest.approx(1e-3) for w in windows)
+
+
+def test_event_files_hold_the_same_scalars_the_config_and_hparams(logged_run):
+  workdir, _, results = logged_run
+  steps, epochs = summary.read_steps(workdir), checkpoint.read_metrics(workdir)
+  for member, name in enumerate(("seed0", "seed1")):
+    scalars, tags = read_events(workdir / "tensorboard" / name)
+    logged = {s["step"]: s["train/loss"] for s in steps if s["member"] == member}
+    assert scalars["step/train/loss"].keys() == logged.keys()
+    np.testing.assert_allclose(list(scalars["step/train/loss"].values()), list(logged.values()))
+    val = {r["epoch"] * STEPS_PER_EPOCH: r["val/loss"] for r in epochs if r["member"] == member}
+    assert scalars["epoch/val/loss"] == pytest.approx(val)
+    assert "config/text_summary" in tags and "_hparams_/session_start_info" in tags
+    test_accuracy = results["members"][member]["metrics"]["test"]["accuracy"]
+    assert scalars["final/test/accuracy"][0] == pytest.approx(test_accuracy)
+
+
+def test_a_resume_redoes_epochs_without_duplicating_steps(logged_run, tmp_path, small_dataset):
+  workdir, config, _ = logged_run
+  resumed = tmp_path / "resumed"
+  shutil.copytree(workdir, resumed)
+  shutil.rmtree(resumed / "checkpoints" / "2")  # as if killed before epoch 2's save
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    monkeypatch.setattr(train.data, "load", lambda config: small_dataset)
+    train.fit(config, resumed, show_progress=False)
+  assert summary.read_steps(resumed) == summary.read_steps(workdir)
+
+
+def test_member_names_show_what_differs():
+  assert summary.member_names([0, 1], [{"lr": 0.1}, {"lr": 0.1}]) == ["seed0", "seed1"]
+  assert summary.member_names([0, 0], [{"optimizer.lr": 0.1}, {"optimizer.lr": 0.01}]) == [
+    "seed0_lr=0.1",
+    "seed0_lr=0.01",
+  ]
+  assert json.loads(summary.flat_hparams(small_config())["model.hidden_sizes"]) == [64]
