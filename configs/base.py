@@ -50,13 +50,26 @@ def get_config() -> ConfigDict:
   opt.b2 = 0.999  # adam/adamw
   opt.eps = 1e-7  # Keras' Adam epsilon (optax's default is 1e-8)
   opt.weight_decay = 0.0  # adamw: decoupled weight decay
-  opt.schedule = "constant"  # "constant", "cosine" or "warmup_cosine" (optax schedules)
-  opt.warmup_epochs = 0.0  # warmup_cosine only
+  # "constant", "cosine", "warmup_cosine" or "onecycle" (optax schedules, peaking at
+  # learning_rate); warmup_epochs: warmup_cosine's warmup, onecycle's rise (0 = 30%).
+  opt.schedule = "constant"
+  opt.warmup_epochs = 0.0
 
   # A member whose training loss turns NaN/inf is stopped (a single run ends, its last good
   # checkpoint kept); > 0 also stops it when a step's loss exceeds this value (chance level
   # is ln 10 = 2.3, so e.g. 10 catches a run that is blowing up before it overflows).
   config.divergence_threshold = 0.0
+
+  # Beyond the studies (configs/cpu_fast.py, sota.py): on-device augmentation of each
+  # training batch (fmnist_jax/augment.py), label smoothing, weight averaging, test-time
+  # flips. Off by default: the studies used none of them.
+  config.augment = aug = ConfigDict()
+  aug.flip = False  # mirror left-right with probability 1/2
+  aug.translate = 0  # shift by up to this many pixels (random crop of the zero-padded image)
+  aug.cutout = 0  # black out one square of this size at a random place
+  config.label_smoothing = 0.0  # training targets (1 - a) one-hot + a / 10 (Keras' rule)
+  config.ema_decay = 0.0  # > 0: evaluate an exponential moving average of the weights
+  config.tta_flip = False  # evaluate the mean logits of each image and its mirror
 
   config.early_stopping = es = ConfigDict()
   es.enabled = False  # Keras EarlyStopping(monitor="val_loss") semantics

@@ -12,7 +12,7 @@ from fmnist_jax import data, layers, models
 from fmnist_jax.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "warmup_cosine")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle")
 PRETRAIN_LOSSES = ("mse", "binary_crossentropy")
 # Metrics a sweep can rank and plot; a loss is minimized, the others maximized.
 SWEEP_METRICS = tuple(
@@ -81,6 +81,12 @@ def check(config: ConfigDict, *, num_train: int | None = None, has_validation: b
     _fail("seed", config.seed, "must be an integer")
   _one_of(config, "conv_impl", layers.CONV_IMPLS)
   _in_range(config, "divergence_threshold", 0.0, math.inf)
+  _in_range(config, "label_smoothing", 0.0, 1.0)
+  _in_range(config, "ema_decay", 0.0, 1.0)
+  for key, limit in (("augment.translate", 14), ("augment.cutout", 28)):
+    value = _get(config, key)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+      _fail(key, value, f"must be a whole number of pixels in [0, {limit}]")
   for key in ("grid", "zip"):
     if not isinstance(config.sweep[key], str):
       _fail(f"sweep.{key}", config.sweep[key], "must be a string like 'KEY=V1,V2; KEY2=V3,V4'")

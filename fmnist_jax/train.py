@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -43,6 +43,7 @@ from fmnist_jax import (
   parallel,
   summary,
 )
+from fmnist_jax import augment as augment_lib
 from fmnist_jax import progress as progress_lib
 from fmnist_jax.errors import Preempted
 
@@ -127,7 +128,9 @@ def default_hyperparams(opt_config: ConfigDict) -> dict[str, float]:
   return {name: float(opt_config[name]) for name in OPTIMIZER_HYPERPARAMS[opt_config.name]}
 
 
-def make_optimizer(opt_config: ConfigDict, steps_per_epoch: int, num_epochs: int):
+def make_optimizer(
+  opt_config: ConfigDict, steps_per_epoch: int, num_epochs: int, ema_decay: float = 0.0
+):
   """(make_tx, unit_schedule): `make_tx(**hyperparams)` builds the optax transformation.
 
   The learning rate at step t is `learning_rate * unit_schedule(t)`: the schedule's
@@ -139,6 +142,12 @@ def make_optimizer(opt_config: ConfigDict, steps_per_epoch: int, num_epochs: int
     unit_schedule = optax.constant_schedule(1.0)
   elif opt_config.schedule == "cosine":
     unit_schedule = optax.cosine_decay_schedule(1.0, total_steps)
+  elif opt_config.schedule == "onecycle":
+    # Up from peak/25 over warmup_epochs (default 30% of training), then cosine down to ~0.
+    warmup_fraction = opt_config.warmup_epochs / num_epochs if opt_config.warmup_epochs else 0.3
+    unit_schedule = optax.cosine_onecycle_schedule(
+      max(total_steps, 2), 1.0, pct_start=warmup_fraction
+    )
   else:  # warmup_cosine (checked by config_checks)
     warmup = max(1, round(opt_config.warmup_epochs * steps_per_epoch))
     unit_schedule = optax.warmup_cosine_decay_schedule(
@@ -154,21 +163,64 @@ def make_optimizer(opt_config: ConfigDict, steps_per_epoch: int, num_epochs: int
 
   def make_tx(**hyperparams) -> optax.GradientTransformation:
     tx = base(**{**defaults, **hyperparams}, **extra)
-    if opt_config.schedule == "constant":
-      return tx
-    return optax.chain(tx, optax.scale_by_schedule(unit_schedule))
+    if opt_config.schedule != "constant":
+      tx = optax.chain(tx, optax.scale_by_schedule(unit_schedule))
+    if ema_decay:
+      tx = optax.chain(tx, params_ema(ema_decay))
+    return tx
 
   return make_tx, unit_schedule
+
+
+class ParamsEmaState(NamedTuple):
+  ema_count: jax.Array
+  ema_params: Any
+
+
+def params_ema(decay: float) -> optax.GradientTransformation:
+  """Keeps an exponential moving average of the parameters, after each update, in the
+  optimizer state (optax.ema averages updates, not parameters). Chain it last."""
+
+  def init(params):
+    return ParamsEmaState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, params))
+
+  def update(updates, state, params):
+    new_params = optax.apply_updates(params, updates)
+    ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, new_params)
+    return updates, ParamsEmaState(state.ema_count + 1, ema)
+
+  return optax.GradientTransformation(init, update)
+
+
+def averaged_state(config: ConfigDict, state: TrainState) -> TrainState:
+  """`state` with its parameters replaced by their debiased moving average when
+  `config.ema_decay` > 0 (one member or stacked members); else `state` itself."""
+  decay = config.get("ema_decay", 0.0)
+  if not decay:
+    return state
+  ema = optax.tree_utils.tree_get(state.opt_state, "ema_params")
+  count = optax.tree_utils.tree_get(state.opt_state, "ema_count")
+  correction = 1.0 - decay ** jnp.maximum(count, 1).astype(jnp.float32)
+
+  def debias(leaf):
+    return leaf / correction.reshape(correction.shape + (1,) * (leaf.ndim - correction.ndim))
+
+  return state.replace(params=jax.tree.map(debias, ema))
 
 
 def _masked_mean(values_B, weights_B):
   return (values_B * weights_B).sum() / jnp.maximum(weights_B.sum(), 1.0)
 
 
-def classification_loss(model, images, labels, weights, rngs):
-  """Masked mean softmax cross-entropy; aux = number of correct predictions."""
+def classification_loss(model, images, labels, weights, rngs, label_smoothing: float = 0.0):
+  """Masked mean softmax cross-entropy (against labels smoothed by `label_smoothing`,
+  as Keras' CategoricalCrossentropy); aux = number of correct predictions."""
   logits = model(images, rngs=rngs)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  if label_smoothing:
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    losses = optax.softmax_cross_entropy(logits, targets)
+  else:
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   correct = ((logits.argmax(-1) == labels) * weights).sum()
   return _masked_mean(losses, weights), correct
 
@@ -250,11 +302,12 @@ class Trainer:
     config: ConfigDict,
     train_images: np.ndarray,
     num_train: int,
-    loss_fn=classification_loss,
+    loss_fn=None,
     make_tx=None,
     num_epochs=None,
     num_members: int = 1,
     layout: parallel.Layout = parallel.SINGLE_DEVICE,
+    augment_data: bool = True,
   ) -> "Trainer":
     def build(key):
       return models.build(config.model, conv_impl=config.conv_impl, rngs=nnx.Rngs(params=key))
@@ -267,9 +320,13 @@ class Trainer:
     steps = math.ceil(num_train / config.batch_size)
     schedule = optax.constant_schedule(1.0)
     if make_tx is None:
-      make_tx, schedule = make_optimizer(config.optimizer, steps, num_epochs or config.num_epochs)
+      make_tx, schedule = make_optimizer(
+        config.optimizer, steps, num_epochs or config.num_epochs, config.ema_decay
+      )
     tx = make_tx()
     preprocess = data.make_preprocess(config.data.preprocessing, train_images)
+    if loss_fn is None:
+      loss_fn = partial(classification_loss, label_smoothing=config.label_smoothing)
 
     def init_optimizer(params, hyperparams=None):
       return make_tx(**(hyperparams or {})).init(params)
@@ -284,10 +341,20 @@ class Trainer:
       )
 
     train_step, train_epoch = make_train_epoch(
-      train_graphdef, tx, preprocess, loss_fn, config.batch_size, layout.split_batch
+      train_graphdef,
+      tx,
+      preprocess,
+      loss_fn,
+      config.batch_size,
+      layout.split_batch,
+      augment=augment_lib.make_augment(config.augment) if augment_data else None,
     )
     evaluate, predict = make_evaluate(
-      eval_graphdef, preprocess, config.eval_batch_size, layout.split_batch
+      eval_graphdef,
+      preprocess,
+      config.eval_batch_size,
+      layout.split_batch,
+      flip_average=config.tta_flip,
     )
 
     def over(fn, in_axes):
@@ -350,15 +417,21 @@ def _epoch_batches(key, num_examples: int, batch_size: int):
   return indices.reshape(steps, batch_size), weights.reshape(steps, batch_size)
 
 
-def make_train_epoch(graphdef, tx, preprocess, loss_fn, batch_size: int, split_batch=lambda b: b):
+def make_train_epoch(
+  graphdef, tx, preprocess, loss_fn, batch_size: int, split_batch=lambda b: b, augment=None
+):
   """The pure train step and one epoch of it as one compiled lax.scan over shuffled batches.
 
-  `split_batch` places each gathered batch (on a mesh: split over the data axis).
+  `split_batch` places each gathered batch (on a mesh: split over the data axis);
+  `augment(key, uint8 images)` (fmnist_jax/augment.py), if given, transforms each batch.
   """
 
   def train_step(state: TrainState, batch, key):
     """One optimizer step on (uint8 images, labels, 0/1 weights) with dropout key `key`."""
     images, labels, weights = batch
+    if augment is not None:  # only then is the key split, so other runs keep their keys
+      augment_key, key = jax.random.split(key)
+      images = augment(augment_key, images)
 
     def objective(params):
       # copy=True: fresh Variables at this trace level, so BatchNorm may update its statistics.
@@ -400,12 +473,20 @@ def _padded_batches(array, batch_size: int):
   return padded.reshape(steps, batch_size, *array.shape[1:])
 
 
-def make_evaluate(graphdef, preprocess, batch_size: int, split_batch=lambda b: b):
-  """Jitted evaluation (confusion matrix and loss sum) and prediction, scanned over batches."""
+def make_evaluate(
+  graphdef, preprocess, batch_size: int, split_batch=lambda b: b, flip_average: bool = False
+):
+  """Jitted evaluation (confusion matrix and loss sum) and prediction, scanned over batches.
+
+  `flip_average`: test-time augmentation, the mean logits of each image and its mirror.
+  """
 
   def logits_fn(state: TrainState, images):
     model = nnx.merge(graphdef, state.params, state.model_state)
-    return model(preprocess(split_batch(images)))
+    inputs = preprocess(split_batch(images))
+    if flip_average:
+      return (model(inputs) + model(inputs[:, :, ::-1])) / 2
+    return model(inputs)
 
   def evaluate(state: TrainState, images_Nx28x28, labels_N):
     weights = jnp.ones(labels_N.shape, jnp.float32)
@@ -715,7 +796,7 @@ def fit(
           early = early.replace(diverged=early.diverged | jnp.asarray(diverged_now))
         first_step = int(steps_before.max())
         multipliers_S = np.broadcast_to(  # a constant schedule returns a scalar
-          trainer.schedule(jnp.arange(first_step, first_step + trainer.steps_per_epoch)),
+          jax.vmap(trainer.schedule)(jnp.arange(first_step, first_step + trainer.steps_per_epoch)),
           (trainer.steps_per_epoch,),
         )
         learning_rates = peak_learning_rates * multipliers_S[0]
@@ -741,12 +822,14 @@ def fit(
           for index in range(num_members)
         ]
         if has_val:
-          val_metrics = _member_val_metrics(trainer, state, *device_data["val"])
+          # With ema_decay, validation and early stopping see the averaged weights.
+          evaluated = averaged_state(config, state)
+          val_metrics = _member_val_metrics(trainer, evaluated, *device_data["val"])
           for record, val in zip(records, val_metrics, strict=True):
             record.update({f"val/{key}": val[key] for key in _VAL_KEYS})
           early = update_members(
             early,
-            state,
+            evaluated,
             jnp.asarray([val["loss"] for val in val_metrics], jnp.float32),
             epoch,
             jnp.asarray(active & ~diverged_now),
@@ -847,6 +930,7 @@ def final_states(
   restore = (np.asarray(early.best_epoch) >= 0) & bool(
     has_validation and es_config.enabled and es_config.restore_best
   )
+  state = averaged_state(config, state)  # the weights evaluated (EMA ones with ema_decay)
   best = state.replace(params=early.best_params, model_state=early.best_model_state)
   return _select(jnp.asarray(restore), best, state), restore
 

@@ -213,6 +213,12 @@ MISTAKES = {
   "negative divergence threshold": Mistake(
     ("--config.divergence_threshold=-1",), "divergence_threshold", r"\[0.0, inf\)"
   ),
+  "impossible augmentation": Mistake(
+    ("--config.augment.translate=30",), "augment.translate=30", r"pixels in \[0, 14\]"
+  ),
+  "label smoothing above 1": Mistake(
+    ("--config.label_smoothing=1.5",), "label_smoothing=1.5", r"a number in \[0.0, 1.0\)"
+  ),
   "sweep of an unknown key": Mistake(
     ("--config.sweep.grid=optimizer.lr=1,2",), "unknown config key", "optimizer.lr"
   ),
