@@ -20,6 +20,7 @@ one before it, saying so.
 
 import errno
 import fcntl
+import functools
 import json
 import os
 import pathlib
@@ -33,9 +34,11 @@ from ml_collections import ConfigDict
 
 from fmnist_jax.errors import ConfigError, UserError
 
-# Config keys a resumed run may change: extending training, moving to another number
-# of devices (checkpoints restore onto any of them), and what is logged or plotted.
-RESUMABLE_KEYS = ("num_epochs", "parallel", "logging", "figures")
+# Config keys that change neither what is trained nor its results: the devices it runs
+# on (checkpoints restore onto any number of them) and what is logged or plotted.
+OUTPUT_KEYS = ("parallel", "logging", "figures")
+# Config keys a resumed run may change: those, and extending training.
+RESUMABLE_KEYS = ("num_epochs", *OUTPUT_KEYS)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -48,6 +51,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
   return flat
 
 
+@functools.cache
 def _defaults() -> dict:
   """configs/base.py's values, flattened (empty where the configs package is absent)."""
   try:
@@ -81,12 +85,32 @@ def config_json(config: ConfigDict) -> str:
   return config.to_json_best_effort(indent=2, sort_keys=True)
 
 
-def read_metrics(workdir: pathlib.Path) -> list[dict]:
-  """Every line of a workdir's metrics.jsonl (none when it has none yet)."""
-  path = pathlib.Path(workdir) / "metrics.jsonl"
+def read_jsonl(path: pathlib.Path) -> list[dict]:
+  """Every record of a JSON-lines file (none when it does not exist yet)."""
+  path = pathlib.Path(path)
   if not path.exists():
     return []
   return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def read_metrics(workdir: pathlib.Path) -> list[dict]:
+  """Every line of a workdir's metrics.jsonl (none when it has none yet)."""
+  return read_jsonl(pathlib.Path(workdir) / "metrics.jsonl")
+
+
+def trim_jsonl(path: pathlib.Path, last_epoch: int):
+  """Drops the records of epochs after `last_epoch` (pre-training records stay while any
+  epoch is kept), which a resume from `last_epoch` redoes."""
+  if not path.exists():
+    return
+  kept = [
+    line
+    for line in path.read_text().splitlines()
+    if line
+    and last_epoch > 0
+    and (json.loads(line).get("phase") == "pretrain" or json.loads(line)["epoch"] <= last_epoch)
+  ]
+  path.write_text("".join(line + "\n" for line in kept))
 
 
 def is_finished(workdir: pathlib.Path, config: ConfigDict) -> bool:
@@ -99,7 +123,7 @@ def is_finished(workdir: pathlib.Path, config: ConfigDict) -> bool:
     and not config_differences(
       json.loads(saved.read_text()),
       json.loads(config_json(config)),
-      ignore=("parallel", "logging", "figures"),
+      ignore=OUTPUT_KEYS,
     )
   )
 
@@ -298,17 +322,10 @@ class RunDir:
     self._managers[0].reload()
 
   def _trim_metrics(self, last_epoch: int):
-    """Drops metric lines of epochs a resume will redo, so the history has no duplicates."""
-    if not (is_writer() and self.metrics_path.exists()):
-      return
-    kept = [
-      line
-      for line in self.metrics_path.read_text().splitlines()
-      if line
-      and last_epoch > 0
-      and (json.loads(line).get("phase") == "pretrain" or json.loads(line)["epoch"] <= last_epoch)
-    ]
-    self.metrics_path.write_text("".join(line + "\n" for line in kept))
+    """Drops the metric and step lines of epochs a resume will redo (no duplicates)."""
+    if is_writer():
+      for name in ("metrics.jsonl", "steps.jsonl"):
+        trim_jsonl(self.path / name, last_epoch)
 
   def log_metrics(self, record: dict):
     if is_writer():
@@ -352,14 +369,9 @@ class RunDir:
       self._lock.release()
 
 
-def disk_full_message(path: pathlib.Path, saved_epoch: int | None = None) -> str:
-  kept = (
-    f"; checkpoints up to epoch {saved_epoch} are complete, so rerunning the same command "
-    f"resumes from there"
-    if saved_epoch
-    else "; rerunning the same command resumes from the last complete checkpoint"
-  )
+def disk_full_message(path: pathlib.Path) -> str:
   return (
     f"the disk is full: writing to {path} failed with 'No space left on device'. Free space "
-    f"there (or pass a --workdir on another disk){kept}"
+    f"there (or pass a --workdir on another disk); rerunning the same command resumes from "
+    f"the last complete checkpoint"
   )

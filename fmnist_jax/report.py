@@ -19,6 +19,7 @@ import datetime
 import html
 import importlib
 import json
+import os
 import pathlib
 import sys
 import time
@@ -30,7 +31,7 @@ import numpy as np
 from fmnist_jax import checkpoint, cli
 
 # Keys that do not make two runs different experiments (seeds pool; the rest is plumbing).
-POOLED_KEYS = ("seed", "num_seeds", "parallel", "logging", "figures", "checkpoint")
+POOLED_KEYS = ("seed", "num_seeds", "checkpoint", *checkpoint.OUTPUT_KEYS)
 FIGURES = (
   ("learning_curves.png", "Learning curves"),
   ("confusion.png", "Test confusion matrix"),
@@ -370,8 +371,6 @@ def build(root: pathlib.Path, out: pathlib.Path) -> tuple[str, str]:
 
 
 def _relative(path: pathlib.Path, out: pathlib.Path) -> str:
-  import os
-
   return os.path.relpath(path.absolute(), out.absolute())
 
 

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 from ml_collections import ConfigDict
 
+from fmnist_jax import checkpoint
+
 
 def member_names(seeds: Sequence[int], hyperparams: list[dict]) -> list[str]:
   """One directory name per member: its seed, plus its hyperparameters where they differ."""
@@ -70,9 +72,8 @@ class Writer:
     self._tensorboard = False
     self._dirs = [pathlib.Path(workdir) / "tensorboard" / name for name in self.names]
     self._writers = []
-    if not enabled:
+    if not enabled:  # (a resume's RunDir has trimmed steps.jsonl to its checkpoint)
       return
-    _trim(self.steps_path, start_epoch)
     self._tensorboard = config.logging.tensorboard
     if self._tensorboard:
       from tensorboardX import SummaryWriter
@@ -161,21 +162,6 @@ class Writer:
     self._writers = []
 
 
-def _trim(path: pathlib.Path, last_epoch: int):
-  """Drops the lines of epochs after `last_epoch`, which a resume redoes."""
-  if not path.exists():
-    return
-  kept = [
-    line
-    for line in path.read_text().splitlines()
-    if line and last_epoch and json.loads(line)["epoch"] <= last_epoch
-  ]
-  path.write_text("".join(line + "\n" for line in kept))
-
-
 def read_steps(workdir: pathlib.Path) -> list[dict]:
   """Every line of a workdir's steps.jsonl (none when logging was off)."""
-  path = pathlib.Path(workdir) / "steps.jsonl"
-  if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line]
+  return checkpoint.read_jsonl(pathlib.Path(workdir) / "steps.jsonl")

@@ -307,7 +307,6 @@ class Trainer:
     num_epochs=None,
     num_members: int = 1,
     layout: parallel.Layout = parallel.SINGLE_DEVICE,
-    augment_data: bool = True,
   ) -> "Trainer":
     def build(key):
       return models.build(config.model, conv_impl=config.conv_impl, rngs=nnx.Rngs(params=key))
@@ -347,7 +346,7 @@ class Trainer:
       loss_fn,
       config.batch_size,
       layout.split_batch,
-      augment=augment_lib.make_augment(config.augment) if augment_data else None,
+      augment=augment_lib.make_augment(config.augment),
     )
     evaluate, predict = make_evaluate(
       eval_graphdef,
@@ -713,6 +712,8 @@ def fit(
       )
     )
     peak_learning_rates = np.asarray(members.hyperparams["learning_rate"])
+    # The learning-rate multiplier of each step of an epoch, compiled once for all epochs.
+    epoch_schedule = jax.jit(jax.vmap(trainer.schedule))
 
     start_epoch = 0
     restored = run.restore_latest({"state": state, "early_stopping": early})
@@ -796,7 +797,7 @@ def fit(
           early = early.replace(diverged=early.diverged | jnp.asarray(diverged_now))
         first_step = int(steps_before.max())
         multipliers_S = np.broadcast_to(  # a constant schedule returns a scalar
-          jax.vmap(trainer.schedule)(jnp.arange(first_step, first_step + trainer.steps_per_epoch)),
+          epoch_schedule(jnp.arange(first_step, first_step + trainer.steps_per_epoch)),
           (trainer.steps_per_epoch,),
         )
         learning_rates = peak_learning_rates * multipliers_S[0]

@@ -24,31 +24,14 @@ import tempfile
 
 sys.path[:0] = [str(pathlib.Path(__file__).resolve().parent)]
 
-import orbax.checkpoint as ocp  # noqa: E402
-from small import worker_command  # noqa: E402
+from small import committed_epochs, without_times, worker_command  # noqa: E402
 
 EPOCHS = 4
-TIMES = ("seconds", "wall_seconds", "train_seconds")
 
 
 def train(workdir: pathlib.Path, **flags) -> subprocess.CompletedProcess:
   command = worker_command(workdir, model="mlp_baseline", epochs=EPOCHS, **flags)
   return subprocess.run(command, capture_output=True, text=True, timeout=600)
-
-
-def committed_epochs(workdir: pathlib.Path) -> list[int]:
-  if not (workdir / "checkpoints").is_dir():
-    return []
-  with ocp.CheckpointManager(workdir / "checkpoints") as manager:
-    return sorted(manager.all_steps())
-
-
-def without_times(value):
-  if isinstance(value, dict):
-    return {k: without_times(v) for k, v in value.items() if k not in TIMES}
-  if isinstance(value, list):
-    return [without_times(v) for v in value]
-  return value
 
 
 def outcome(workdir: pathlib.Path) -> tuple[dict, list[dict]]:

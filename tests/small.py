@@ -69,3 +69,23 @@ def saved_params(workdir: pathlib.Path) -> list[np.ndarray]:
     )
     restored = checkpointer.restore(path, target)
   return [np.asarray(leaf) for leaf in jax.tree.leaves(restored["state"]["params"])]
+
+
+TIMES = ("seconds", "wall_seconds", "train_seconds")
+
+
+def committed_epochs(workdir: pathlib.Path) -> list[int]:
+  """The epochs whose checkpoints orbax has committed in `workdir`."""
+  if not (workdir / "checkpoints").is_dir():
+    return []
+  with ocp.CheckpointManager(workdir / "checkpoints") as manager:
+    return sorted(manager.all_steps())
+
+
+def without_times(value):
+  """`value` (results, metrics records) without its wall-clock fields, to compare runs."""
+  if isinstance(value, dict):
+    return {k: without_times(v) for k, v in value.items() if k not in TIMES}
+  if isinstance(value, list):
+    return [without_times(v) for v in value]
+  return value

@@ -8,13 +8,11 @@ import sys
 import time
 
 import numpy as np
-import orbax.checkpoint as ocp
-from small import saved_params, small_config, worker_command
+from small import committed_epochs, saved_params, small_config, without_times, worker_command
 
 from fmnist_jax import checkpoint, train
 
 EPOCHS = 5
-TIMES = ("seconds", "wall_seconds", "train_seconds")
 
 
 def start_worker(workdir, **flags) -> subprocess.Popen:
@@ -30,19 +28,6 @@ def finish(process: subprocess.Popen) -> int:
   _, stderr = process.communicate(timeout=300)
   assert process.returncode in (0, -signal.SIGKILL), stderr[-3000:]
   return process.returncode
-
-
-def committed_epochs(workdir) -> list[int]:
-  with ocp.CheckpointManager(workdir / "checkpoints") as manager:
-    return list(manager.all_steps())
-
-
-def without_times(value):
-  if isinstance(value, dict):
-    return {k: without_times(v) for k, v in value.items() if k not in TIMES}
-  if isinstance(value, list):
-    return [without_times(v) for v in value]
-  return value
 
 
 def test_kill_9_anywhere_then_rerun_is_bit_identical(real_data_dir, tmp_path):
