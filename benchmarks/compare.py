@@ -24,6 +24,11 @@ platform.configure_xla()
 
 import json
 import os
+
+# This process only traces the models (FLOPs) and must leave the accelerator's
+# memory to the implementations it runs; they get the environment as it was.
+_CHILD_ENV = os.environ.copy()
+os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
 import pathlib
 import statistics
 import subprocess
@@ -61,6 +66,10 @@ _PEER_PYTHON = flags.DEFINE_string(
 _PEAK_GFLOPS = flags.DEFINE_float(
   "peak_gflops", 157.0, "The machine's fp32 peak (2-core CPU: ~157 GFLOP/s) for the roofline."
 )
+_NUM_EXAMPLES = flags.DEFINE_integer(
+  "num_examples", 0, "Examples per epoch for every model (0: WORKLOADS'; a GPU wants 60000)."
+)
+_EPOCHS = flags.DEFINE_integer("epochs", 0, "Epochs per run for every model (0: WORKLOADS').")
 _OUT = flags.DEFINE_string("out", "benchmarks/results", "Directory for compare.md/json/png.")
 
 
@@ -82,8 +91,13 @@ def spec_for(name: str) -> tuple[dict, float]:
   images = jax.ShapeDtypeStruct((config.batch_size, 28, 28), jax.numpy.float32)
   cost = jax.jit(jax.grad(loss)).lower(state, images).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
+  workload = dict(WORKLOADS[name])
+  if _NUM_EXAMPLES.value:
+    workload["num_examples"] = _NUM_EXAMPLES.value
+  if _EPOCHS.value:
+    workload["epochs"] = _EPOCHS.value
   spec = {
-    **WORKLOADS[name],
+    **workload,
     "model": config.model.to_dict(),
     "optimizer": config.optimizer.to_dict(),
     "batch_size": config.batch_size,
@@ -126,12 +140,19 @@ def run_one(implementation: str, spec_path, data_path) -> dict:
   if variant:
     command.append(f"--variant={variant}")
   start = time.perf_counter()
-  done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=os.environ.copy())
+  done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=_CHILD_ENV)
   wall = time.perf_counter() - start
   if done.returncode != 0:
     return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
   result = json.loads(done.stdout.strip().splitlines()[-1])
   return {**result, "process_wall_s": wall}
+
+
+def _accelerator() -> str:
+  import jax
+
+  device = jax.devices()[0]
+  return "CPU" if device.platform == "cpu" else device.device_kind
 
 
 def summarize(runs: list[dict], flops_per_image: float, peak_gflops: float) -> dict:
@@ -240,7 +261,9 @@ def main(argv):
   }
   meta = {
     "repeats": _REPEATS.value,
-    "machine": f"{os.cpu_count()} CPU cores, peak {_PEAK_GFLOPS.value:g} GFLOP/s assumed",
+    "machine": (
+      f"{_accelerator()}, {os.cpu_count()} CPU cores, peak {_PEAK_GFLOPS.value:g} GFLOP/s assumed"
+    ),
     "specs": {
       k: {key: v[key] for key in ("num_params", "batch_size", "num_examples", "epochs")}
       for k, v in specs.items()

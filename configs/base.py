@@ -21,6 +21,9 @@ def get_config() -> ConfigDict:
   config.eval_batch_size = 1000  # evaluation batch; splits are padded and masked
   # Convolution implementation: "auto" = im2col on CPU, XLA's conv elsewhere.
   config.conv_impl = "auto"
+  # Layer arithmetic: "float32" (Keras' default), or "bfloat16" on GPU/TPU, where it is
+  # faster; parameters, optimizer state, batch statistics and the loss stay float32.
+  config.compute_dtype = "float32"
 
   config.data = data = ConfigDict()
   data.source = "idx"  # "idx" (IDX files) or "tfds" (tfds.data_source, needs the tfds extra)
@@ -49,7 +52,7 @@ def get_config() -> ConfigDict:
   opt.b1 = 0.9  # adam/adamw
   opt.b2 = 0.999  # adam/adamw
   opt.eps = 1e-7  # Keras' Adam epsilon (optax's default is 1e-8)
-  opt.weight_decay = 0.0  # adamw: decoupled weight decay
+  opt.weight_decay = 0.0  # adamw: decoupled; sgd: added to the gradient (PyTorch's), kernels only
   # "constant", "cosine", "warmup_cosine" or "onecycle" (optax schedules, peaking at
   # learning_rate); warmup_epochs: warmup_cosine's warmup, onecycle's rise (0 = 30%).
   opt.schedule = "constant"

@@ -80,6 +80,7 @@ def check(config: ConfigDict, *, num_train: int | None = None, has_validation: b
   if not isinstance(config.seed, int):
     _fail("seed", config.seed, "must be an integer")
   _one_of(config, "conv_impl", layers.CONV_IMPLS)
+  _one_of(config, "compute_dtype", tuple(layers.COMPUTE_DTYPES))
   _in_range(config, "divergence_threshold", 0.0, math.inf)
   _in_range(config, "label_smoothing", 0.0, 1.0)
   _in_range(config, "ema_decay", 0.0, 1.0)
@@ -121,11 +122,11 @@ def check(config: ConfigDict, *, num_train: int | None = None, has_validation: b
   _in_range(config, "optimizer.eps", 0.0, 1.0, low_open=True)
   _in_range(config, "optimizer.weight_decay", 0.0, 1.0)
   _in_range(config, "optimizer.warmup_epochs", 0.0, config.num_epochs)
-  if config.optimizer.weight_decay and config.optimizer.name != "adamw":
+  if config.optimizer.weight_decay and config.optimizer.name == "adam":
     _fail(
       "optimizer.weight_decay",
       config.optimizer.weight_decay,
-      "only optimizer.name='adamw' applies weight decay; set it to 0 or use adamw",
+      "adam applies no weight decay; set it to 0, or use adamw (decoupled) or sgd",
     )
 
   es = config.early_stopping

@@ -25,6 +25,9 @@ KERNEL_INIT = nnx.initializers.glorot_uniform()
 BIAS_INIT = nnx.initializers.zeros_init()
 BATCH_NORM_MOMENTUM = 0.99
 BATCH_NORM_EPSILON = 1e-3
+# Compute dtypes (config.compute_dtype); parameters, optimizer state and batch
+# statistics stay float32 whichever is chosen.
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 ACTIVATIONS = {
   "relu": jax.nn.relu,
@@ -104,8 +107,10 @@ class Conv(nnx.Conv):
   def __call__(self, x):
     if resolve_conv_impl(self.impl) == "xla":
       return super().__call__(x)
-    y = _im2col_conv(x, self.kernel[...], self.padding)
-    return y + self.bias[...] if self.bias is not None else y
+    bias = self.bias[...] if self.bias is not None else None
+    x, kernel, bias = self.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
+    y = _im2col_conv(x, kernel, self.padding)
+    return y + bias if bias is not None else y
 
 
 def _transpose_padding(kernel_size: int, stride: int, padding: str) -> tuple[int, int]:
@@ -153,7 +158,10 @@ class ConvTranspose(nnx.ConvTranspose):
   def __call__(self, x_BxHxWxC):
     if resolve_conv_impl(self.impl) == "xla":
       return super().__call__(x_BxHxWxC)
-    kernel = self.kernel[...]
+    bias = self.bias[...] if self.bias is not None else None
+    x_BxHxWxC, kernel, bias = self.promote_dtype(
+      (x_BxHxWxC, self.kernel[...], bias), dtype=self.dtype
+    )
     (sh, sw), (kh, kw) = self.strides, kernel.shape[:2]
     (top, bottom), (left, right) = (
       _transpose_padding(kh, sh, self.padding),
@@ -166,7 +174,20 @@ class ConvTranspose(nnx.ConvTranspose):
       x_BxHxWxC, zero, [(0, 0, 0), (top, bottom, sh - 1), (left, right, sw - 1), (0, 0, 0)]
     )
     y = _im2col_conv(dilated, kernel, "VALID")
-    return y + self.bias[...] if self.bias is not None else y
+    return y + bias if bias is not None else y
+
+
+def set_compute_dtype(module: nnx.Module, name: str) -> nnx.Module:
+  """Makes every layer of `module` compute in COMPUTE_DTYPES[name]; parameters keep float32.
+
+  Flax layers cast their inputs and parameters to `.dtype` on each call, and
+  BatchNorm computes its statistics in at least float32 whatever `.dtype` is.
+  """
+  dtype = COMPUTE_DTYPES[name]
+  for _, layer in nnx.iter_modules(module):
+    if isinstance(layer, nnx.Linear | nnx.Conv | nnx.ConvTranspose | nnx.BatchNorm):
+      layer.dtype = dtype
+  return module
 
 
 def max_pool(x_BxHxWxC, window: int = 2):

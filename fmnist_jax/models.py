@@ -426,8 +426,18 @@ MODELS = {
 CONV_MODELS = ("vgg", "autoencoder", "cnn", "resnet")
 
 
-def build(model_config: ConfigDict, *, conv_impl: str = "auto", rngs: nnx.Rngs) -> nnx.Module:
-  """Builds `MODELS[model_config.name]` from the rest of `model_config`'s fields."""
+def build(
+  model_config: ConfigDict,
+  *,
+  conv_impl: str = "auto",
+  compute_dtype: str = "float32",
+  rngs: nnx.Rngs,
+) -> nnx.Module:
+  """Builds `MODELS[model_config.name]` from the rest of `model_config`'s fields.
+
+  `compute_dtype` other than float32 (e.g. bfloat16 on GPU/TPU) casts each layer's
+  inputs and parameters on the fly; the parameters themselves stay float32.
+  """
   kwargs = model_config.to_dict()
   name = kwargs.pop("name", None)
   if name not in MODELS:
@@ -435,11 +445,12 @@ def build(model_config: ConfigDict, *, conv_impl: str = "auto", rngs: nnx.Rngs) 
   if name in CONV_MODELS:
     kwargs["conv_impl"] = conv_impl
   try:
-    return MODELS[name](**kwargs, rngs=rngs)
+    model = MODELS[name](**kwargs, rngs=rngs)
   except TypeError as error:  # an argument the constructor does not take
     raise ConfigError(
       f"model {name!r}: {error}; see fmnist_jax/models.py {MODELS[name].__name__} for its arguments"
     ) from None
+  return model if compute_dtype == "float32" else layers.set_compute_dtype(model, compute_dtype)
 
 
 def count_params(module: nnx.Module) -> int:

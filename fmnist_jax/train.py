@@ -163,6 +163,13 @@ def make_optimizer(
 
   def make_tx(**hyperparams) -> optax.GradientTransformation:
     tx = base(**{**defaults, **hyperparams}, **extra)
+    if opt_config.name == "sgd" and opt_config.weight_decay:
+      # PyTorch's SGD weight_decay: wd * w joins the gradient (so the schedule scales it
+      # too); kernels only, not biases or batch-norm scales.
+      decay = optax.add_decayed_weights(
+        opt_config.weight_decay, mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+      )
+      tx = optax.chain(decay, tx)
     if opt_config.schedule != "constant":
       tx = optax.chain(tx, optax.scale_by_schedule(unit_schedule))
     if ema_decay:
@@ -215,7 +222,9 @@ def _masked_mean(values_B, weights_B):
 def classification_loss(model, images, labels, weights, rngs, label_smoothing: float = 0.0):
   """Masked mean softmax cross-entropy (against labels smoothed by `label_smoothing`,
   as Keras' CategoricalCrossentropy); aux = number of correct predictions."""
-  logits = model(images, rngs=rngs)
+  logits = model(images, rngs=rngs).astype(
+    jnp.float32
+  )  # the loss in float32 whatever the compute dtype
   if label_smoothing:
     targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
     losses = optax.softmax_cross_entropy(logits, targets)
@@ -230,7 +239,7 @@ def reconstruction_loss(kind: str):
 
   def loss_fn(model, images, labels, weights, rngs):
     del labels, rngs
-    reconstruction = model.reconstruct(images)
+    reconstruction = model.reconstruct(images).astype(jnp.float32)
     if kind == "mse":
       per_pixel = (reconstruction - images) ** 2
     else:  # binary_crossentropy, clipped like Keras
@@ -309,7 +318,12 @@ class Trainer:
     layout: parallel.Layout = parallel.SINGLE_DEVICE,
   ) -> "Trainer":
     def build(key):
-      return models.build(config.model, conv_impl=config.conv_impl, rngs=nnx.Rngs(params=key))
+      return models.build(
+        config.model,
+        conv_impl=config.conv_impl,
+        compute_dtype=config.compute_dtype,
+        rngs=nnx.Rngs(params=key),
+      )
 
     abstract = nnx.eval_shape(lambda: build(jax.random.key(0)))
     abstract.train()  # dropout on, batch statistics updated
@@ -483,9 +497,10 @@ def make_evaluate(
   def logits_fn(state: TrainState, images):
     model = nnx.merge(graphdef, state.params, state.model_state)
     inputs = preprocess(split_batch(images))
+    logits = model(inputs).astype(jnp.float32)
     if flip_average:
-      return (model(inputs) + model(inputs[:, :, ::-1])) / 2
-    return model(inputs)
+      return (logits + model(inputs[:, :, ::-1]).astype(jnp.float32)) / 2
+    return logits
 
   def evaluate(state: TrainState, images_Nx28x28, labels_N):
     weights = jnp.ones(labels_N.shape, jnp.float32)

@@ -199,8 +199,13 @@ MISTAKES = {
   "unknown preprocessing": Mistake(
     ("--config.data.preprocessing=zscore",), "preprocessing='zscore'", "choose one of"
   ),
-  "weight decay without adamw": Mistake(
-    ("--config.optimizer.weight_decay=0.1",), "weight_decay", "use adamw"
+  "weight decay with adam": Mistake(
+    ("--config.optimizer.name=adam", "--config.optimizer.weight_decay=0.1"),
+    "weight_decay",
+    "use adamw .* or sgd",
+  ),
+  "unknown compute dtype": Mistake(
+    ("--config.compute_dtype=float16",), "compute_dtype='float16'", "choose one of"
   ),
   "pre-training a non-autoencoder": Mistake(
     ("--config.pretrain.num_epochs=2",), "pretrain.num_epochs", "autoencoder"

@@ -100,6 +100,59 @@ def test_flip_tta_averages_the_logits_of_an_image_and_its_mirror(small_dataset):
   np.testing.assert_allclose(tta.predict(state, images), expected, rtol=1e-5, atol=1e-6)
 
 
+TINY_CNN = ConfigDict(
+  {
+    "name": "cnn",
+    "conv_features": (4, 8),
+    "dense_sizes": (16,),
+    "batch_norm": True,
+    "pool": (True, True),
+  }
+)
+
+
+def test_bfloat16_computes_in_bfloat16_and_keeps_float32_state(small_dataset):
+  images, labels = small_dataset.train.images[:64], small_dataset.train.labels[:64]
+  batch = (images, labels, jnp.ones(64))
+  results = {}
+  for dtype in ("float32", "bfloat16"):
+    config = small_config(compute_dtype=dtype, model=TINY_CNN)
+    trainer = train.Trainer.create(config, small_dataset.train.images, NUM_TRAIN)
+    state = trainer.init(jax.random.key(0))
+    logits = trainer.predict(state, small_dataset.test.images[:32])
+    state, step_metrics = trainer.train_step(state, batch, jax.random.key(1))
+    leaves = jax.tree.leaves((state.params, state.model_state, state.opt_state))
+    assert {leaf.dtype for leaf in leaves if jnp.issubdtype(leaf.dtype, jnp.floating)} == {
+      jnp.dtype("float32")
+    }
+    assert logits.dtype == jnp.float32
+    results[dtype] = (np.asarray(logits), float(step_metrics["loss"]), state.params)
+  (logits32, loss32, params32), (logits16, loss16, params16) = results.values()
+  assert not np.array_equal(logits32, logits16)  # the arithmetic did change...
+  np.testing.assert_allclose(logits16, logits32, atol=0.05 * np.abs(logits32).max())  # ...by little
+  assert loss16 == pytest.approx(loss32, rel=0.02)
+  for a, b in zip(jax.tree.leaves(params16), jax.tree.leaves(params32), strict=True):
+    np.testing.assert_allclose(a, b, atol=2e-3)
+
+
+def test_sgd_weight_decay_adds_wd_times_each_kernel_to_its_gradient(small_dataset):
+  images, labels = small_dataset.train.images[:64], small_dataset.train.labels[:64]
+  batch = (images, labels, jnp.ones(64))
+  after = {}
+  for decay in (0.0, 0.01):
+    config = small_config(**{"optimizer.name": "sgd", "optimizer.learning_rate": 0.5})
+    config.optimizer.weight_decay = decay
+    trainer = train.Trainer.create(config, small_dataset.train.images, NUM_TRAIN)
+    state = trainer.init(jax.random.key(0))
+    before = jax.tree.map(np.array, state.params)  # the step donates state
+    after[decay] = trainer.train_step(state, batch, jax.random.key(1))[0].params
+  # One plain SGD step: w - lr (g + wd w) = (w - lr g) - lr wd w, for kernels; biases untouched.
+  trees = (after[0.01], after[0.0], before)
+  for decayed, plain, w in zip(*(jax.tree.leaves(tree) for tree in trees), strict=True):
+    expected = -0.5 * 0.01 * w if w.ndim > 1 else np.zeros_like(w)
+    np.testing.assert_allclose(np.asarray(decayed - plain), expected, atol=1e-6)
+
+
 def test_onecycle_rises_to_the_peak_then_anneals():
   config = small_config(**{"optimizer.schedule": "onecycle", "optimizer.warmup_epochs": 1.0})
   _, schedule = train.make_optimizer(config.optimizer, steps_per_epoch=10, num_epochs=4)

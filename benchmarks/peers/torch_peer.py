@@ -94,13 +94,16 @@ def optimizer(spec, params):
 def main():
   args, spec, arrays = parse_args()
   torch.manual_seed(0)
-  model = {"mlp": mlp, "cnn": cnn, "resnet": resnet}[spec["model"]["name"]](spec)
+  # The GPU when there is one, with the data on it from the start, as fmnist_jax keeps it.
+  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+  torch.backends.cudnn.benchmark = True
+  model = {"mlp": mlp, "cnn": cnn, "resnet": resnet}[spec["model"]["name"]](spec).to(device)
   num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
   opt = optimizer(spec, model.parameters())
   loss_fn = nn.CrossEntropyLoss()
   step = torch.compile(model) if args.variant == "compile" else model
-  images = torch.from_numpy(scaled(arrays["train_images"])[:, None])  # NCHW
-  labels = torch.from_numpy(arrays["train_labels"].astype(np.int64))
+  images = torch.from_numpy(scaled(arrays["train_images"])[:, None]).to(device)  # NCHW
+  labels = torch.from_numpy(arrays["train_labels"].astype(np.int64)).to(device)
   batch = spec["batch_size"]
   generator = torch.Generator().manual_seed(0)
   epoch_seconds = []
@@ -109,16 +112,18 @@ def main():
     model.train()
     order = torch.randperm(len(labels), generator=generator)
     for first in range(0, len(labels), batch):
-      index = order[first : first + batch]
+      index = order[first : first + batch].to(device)
       opt.zero_grad(set_to_none=True)
       loss_fn(step(images[index]), labels[index]).backward()
       opt.step()
+    if device.type == "cuda":
+      torch.cuda.synchronize()
     epoch_seconds.append(time.perf_counter() - start)
   model.eval()
   with torch.no_grad():
-    test = torch.from_numpy(scaled(arrays["test_images"])[:, None])
+    test = torch.from_numpy(scaled(arrays["test_images"])[:, None]).to(device)
     predictions = torch.cat([model(chunk).argmax(1) for chunk in test.split(1000)])
-  accuracy = (predictions.numpy() == arrays["test_labels"]).mean()
+  accuracy = (predictions.cpu().numpy() == arrays["test_labels"]).mean()
   name = "pytorch" + (" (torch.compile)" if args.variant == "compile" else "")
   report(name, spec, num_params, epoch_seconds, accuracy)
 
