@@ -40,6 +40,11 @@ _OVERWRITE = flags.DEFINE_bool(
 _DRY_RUN = flags.DEFINE_bool(
   "dry_run", False, "Print the resolved config, parameters per layer and the plan; train nothing."
 )
+_COMPILATION_CACHE = flags.DEFINE_string(
+  "compilation_cache",
+  str(platform.user_cache_dir() / "compilation"),
+  "JAX's persistent compilation cache (reruns and resumes skip compiling); '' turns it off.",
+)
 flags.mark_flag_as_required("config")
 
 
@@ -85,6 +90,7 @@ def main(argv):
   from fmnist_jax.errors import Preempted
 
   config = _CONFIG.value
+  platform.enable_compilation_cache(_COMPILATION_CACHE.value)
   parallel.initialize(config.parallel)  # multi-host only; before any other JAX call
   workdir = pathlib.Path(_WORKDIR.value or cli.default_workdir(sys.argv))
   is_sweep = bool(config.sweep.grid or config.sweep.zip)

@@ -60,7 +60,6 @@ def get_config():
   config.data.validation_size = 0  # the final runs: all 60,000 training images
   config.num_epochs = 10
   config.batch_size = 512
-  config.eval_batch_size = 2000
   config.optimizer.name = "sgd"
   config.optimizer.nesterov = True
   config.optimizer.momentum = 0.9

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from fmnist_jax import platform
 from fmnist_jax.errors import ConfigError, DataError
 
 NUM_CLASSES = 10
@@ -47,7 +48,6 @@ CLASS_NAMES = (
 SYSTEM_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 DATA_DIR_ENV = "FMNIST_DATA_DIR"
 DOWNLOAD_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-_CACHE_SUBDIR = "fmnist_jax"
 _DOWNLOAD_TIMEOUT_S = 60
 _GZ_SUFFIX = ".gz"
 
@@ -269,8 +269,7 @@ def check_split(split: Split, where: str, *, expected_count: int | None = None) 
 
 def _cache_dir() -> pathlib.Path:
   """Returns $XDG_CACHE_HOME/fmnist_jax, or ~/.cache/fmnist_jax."""
-  cache_home = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
-  return pathlib.Path(cache_home) / _CACHE_SUBDIR
+  return platform.user_cache_dir()
 
 
 def _file_in(directory: pathlib.Path, name: str) -> pathlib.Path | None:

@@ -71,3 +71,20 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path):
   )
   assert result.returncode == 0, result.stderr
   assert f"mlp_2hidden: {tmp_path / 'mlp_2hidden'}, 3 seed(s)" in result.stdout
+
+
+def test_a_rerun_loads_its_programs_from_the_compilation_cache(real_data_dir, tmp_path):
+  cache = tmp_path / "cache"
+  flags = ("--config=configs/mlp_baseline.py", "--config.num_epochs=1")
+  first = launch(*flags, f"--compilation_cache={cache}", workdir=tmp_path / "a")
+  assert first.returncode == 0, first.stderr
+  entries = sorted(path.name for path in cache.iterdir())
+  assert entries  # the train epoch, the evaluation, ...
+  second = launch(*flags, f"--compilation_cache={cache}", workdir=tmp_path / "b")
+  assert second.returncode == 0, second.stderr
+  assert sorted(path.name for path in cache.iterdir()) == entries  # every program was a hit
+  results = [json.loads((tmp_path / run / "results.json").read_text()) for run in "ab"]
+  assert results[0]["members"][0]["metrics"] == results[1]["members"][0]["metrics"]
+  off = launch(*flags, "--compilation_cache=", workdir=tmp_path / "c")
+  assert off.returncode == 0, off.stderr
+  assert sorted(path.name for path in cache.iterdir()) == entries
