@@ -267,11 +267,6 @@ def check_split(split: Split, where: str, *, expected_count: int | None = None) 
 # Finding and downloading the files.
 
 
-def _cache_dir() -> pathlib.Path:
-  """Returns $XDG_CACHE_HOME/fmnist_jax, or ~/.cache/fmnist_jax."""
-  return platform.user_cache_dir()
-
-
 def _file_in(directory: pathlib.Path, name: str) -> pathlib.Path | None:
   """Returns directory/name (raw, preferred: no decompression) or name.gz, or None."""
   for candidate in (directory / name, directory / (name + _GZ_SUFFIX)):
@@ -297,7 +292,7 @@ def _search_path() -> list[tuple[str, pathlib.Path]]:
   searched = []
   if os.environ.get(DATA_DIR_ENV):
     searched.append((f"${DATA_DIR_ENV}", pathlib.Path(os.environ[DATA_DIR_ENV])))
-  searched.append(("cache", _cache_dir()))
+  searched.append(("cache", platform.user_cache_dir()))
   searched.append(("system", pathlib.Path(SYSTEM_DATA_DIR)))
   return searched
 
@@ -309,7 +304,8 @@ def _not_found_message(searched: list[tuple[str, pathlib.Path]], reason: str) ->
     + ". Fix one of: (1) sudo apt-get install dataset-fashion-mnist; "
     f"(2) set {DATA_DIR_ENV} or --config.data.dir to a directory with the four files "
     f"{', '.join(_ALL_FILE_NAMES)} (each raw or .gz); "
-    f"(3) with data.download=True and an internet connection they download to {_cache_dir()}."
+    "(3) with data.download=True and an internet connection they download to "
+    f"{platform.user_cache_dir()}."
   )
 
 
@@ -332,7 +328,7 @@ def find_data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path:
       f"The data directory {str(data_dir)!r}, given explicitly (data.dir), does not hold "
       f"Fashion-MNIST: {_describe('directory', directory)}. Put the four files "
       f"{', '.join(_ALL_FILE_NAMES)} (raw or .gz) there, or leave it unset to search "
-      f"${DATA_DIR_ENV}, {_cache_dir()} and {SYSTEM_DATA_DIR}."
+      f"${DATA_DIR_ENV}, {platform.user_cache_dir()} and {SYSTEM_DATA_DIR}."
     )
   searched = _search_path()
   for _, directory in searched:
@@ -352,7 +348,7 @@ def _fetch(url: str, destination: pathlib.Path) -> None:
 
 def _download(searched: list[tuple[str, pathlib.Path]]) -> pathlib.Path:
   """Downloads the missing .gz files into the cache dir, verified, and returns it."""
-  cache = _cache_dir()
+  cache = platform.user_cache_dir()
   try:
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile(dir=cache):

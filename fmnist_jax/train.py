@@ -222,9 +222,8 @@ def _masked_mean(values_B, weights_B):
 def classification_loss(model, images, labels, weights, rngs, label_smoothing: float = 0.0):
   """Masked mean softmax cross-entropy (against labels smoothed by `label_smoothing`,
   as Keras' CategoricalCrossentropy); aux = number of correct predictions."""
-  logits = model(images, rngs=rngs).astype(
-    jnp.float32
-  )  # the loss in float32 whatever the compute dtype
+  # The loss in float32 whatever the layers compute in (config.compute_dtype).
+  logits = model(images, rngs=rngs).astype(jnp.float32)
   if label_smoothing:
     targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
     losses = optax.softmax_cross_entropy(logits, targets)
@@ -497,10 +496,10 @@ def make_evaluate(
   def logits_fn(state: TrainState, images):
     model = nnx.merge(graphdef, state.params, state.model_state)
     inputs = preprocess(split_batch(images))
-    logits = model(inputs).astype(jnp.float32)
+    logits_of = lambda x: model(x).astype(jnp.float32)  # noqa: E731
     if flip_average:
-      return (logits + model(inputs[:, :, ::-1]).astype(jnp.float32)) / 2
-    return logits
+      return (logits_of(inputs) + logits_of(inputs[:, :, ::-1])) / 2
+    return logits_of(inputs)
 
   def evaluate(state: TrainState, images_Nx28x28, labels_N):
     weights = jnp.ones(labels_N.shape, jnp.float32)
