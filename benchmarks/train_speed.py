@@ -48,9 +48,7 @@ def measure(config, repeats: int, num_examples: int = 0) -> dict:
   trainer = train.Trainer.create(
     config, dataset.train.images, labels.shape[0], num_members=num_members
   )
-  state = trainer.init_members(
-    jax.random.split(jax.random.key(config.seed), num_members), members.stacked_hyperparams()
-  )
+  state = trainer.init_state(members)
   active = jax.numpy.ones((num_members,), bool)
   jax.block_until_ready(state)
 

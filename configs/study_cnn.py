@@ -1,7 +1,8 @@
 """Study B, study 6: CNNs: dropout and batch norm in the tuned CNN (B4).
 
 configs/cnn.py's CNN with every combination of convolution dropout (none /
-0.25 after each pool) and batch norm (off / on); four programs. The deck's
+0.25 after each pool) and batch norm (off / on): two programs (batch norm off / on),
+each training both dropout settings as members. The deck's
 other CNN comparisons are whole configs, compared per class with
 fmnist_jax.analysis: convolutions against the tuned MLP (B2), and the stacked
 residual CNN (B5):

@@ -7,6 +7,8 @@ B1's network and recipe (configs/mlp_1hidden.py: Dense 512, dropout 0.4, Adam
   python launch.py --config=configs/study_one_hidden.py:dropout     # rate 0-0.5 x lr 1e-3, 3e-4
   python launch.py --config=configs/study_one_hidden.py:units       # 64 ... 2048 hidden units
 
+The dropout part is one vmapped program of 8 members (dropout rates and learning
+rates both vary between members); the others compile one program per value.
 Each writes sweep.md/csv, sweep.png and sweep_curves.png into runs/study_one_hidden_<part>.
 Add --config.num_seeds=3 for mean +- std.
 """

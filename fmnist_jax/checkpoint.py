@@ -80,6 +80,23 @@ def config_differences(saved: dict, current: dict, *, ignore: tuple = RESUMABLE_
   return differences
 
 
+def with_new_keys(saved: dict) -> dict:
+  """A workdir's saved config plus the keys fmnist_jax gained after it was made, at
+  their defaults (which change nothing), so older runs still load. The model section
+  is each config's own, so it is left as saved."""
+  filled = json.loads(json.dumps(saved))
+  present = _flatten(saved)
+  for key, value in _defaults().items():
+    if key in present or key.startswith("model."):
+      continue
+    *parents, leaf = key.split(".")
+    node = filled
+    for parent in parents:
+      node = node.setdefault(parent, {})
+    node.setdefault(leaf, value)
+  return filled
+
+
 def config_json(config: ConfigDict) -> str:
   """The config as config.json holds it."""
   return config.to_json_best_effort(indent=2, sort_keys=True)
@@ -219,6 +236,11 @@ def disk_full(error: BaseException) -> bool:
   return False
 
 
+def _first_line(error: Exception) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0][:200] if text else ""
+
+
 class RunDir:
   """Owns one workdir: writes the config, appends metrics, saves and restores checkpoints."""
 
@@ -231,8 +253,10 @@ class RunDir:
     max_to_keep: int = 2,
     exclusive: bool = True,
   ):
-    """`exclusive` takes the workdir's lock (a training run); readers pass False."""
+    """`exclusive` takes the workdir's lock (a training run); readers pass False and
+    change nothing in the workdir (no config written, nothing trimmed or moved)."""
     self.path = pathlib.Path(workdir).absolute()
+    self._read_only = not exclusive
     self._lock = WorkdirLock(self.path)
     try:
       self.path.mkdir(parents=True, exist_ok=True)
@@ -250,7 +274,7 @@ class RunDir:
             f"{', '.join(changed)}); pass another --workdir, or --overwrite to delete that "
             f"run and start over"
           )
-      if is_writer():
+      if is_writer() and not self._read_only:
         config_path.write_text(current_json + "\n")
     except OSError as error:
       self._lock.release()
@@ -283,7 +307,8 @@ class RunDir:
     An unreadable checkpoint is moved aside (never deleted) and the one before it used.
     """
     if not self._managers:
-      self._trim_metrics(0)
+      if not self._read_only:
+        self._trim_metrics(0)
       return None
     manager = self._managers[0]
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_payload)
@@ -292,13 +317,21 @@ class RunDir:
       try:
         payload = manager.restore(epoch, args=ocp.args.StandardRestore(target))
       except Exception as error:  # orbax and tensorstore raise many types for a bad file
+        if self._read_only:  # an older epoch is not the model the run reported
+          raise UserError(
+            f"the latest checkpoint of the run in {self.path} (epoch {epoch}) is unreadable "
+            f"({type(error).__name__}: {_first_line(error)}); its files were left as they are. "
+            f"Restore them from a backup, or retrain the run with --overwrite"
+          ) from None
         unreadable.append((epoch, error))
         continue
       self._set_aside(unreadable, fallback=epoch)
-      self._trim_metrics(epoch)
+      if not self._read_only:
+        self._trim_metrics(epoch)
       return epoch, payload
     self._set_aside(unreadable, fallback=None)
-    self._trim_metrics(0)
+    if not self._read_only:
+      self._trim_metrics(0)
     return None
 
   def _set_aside(self, unreadable: list[tuple[int, Exception]], fallback: int | None):
@@ -306,7 +339,7 @@ class RunDir:
     if not unreadable:
       return
     for epoch, error in unreadable:
-      first_line = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+      first_line = _first_line(error)
       source = self.path / "checkpoints" / str(epoch)
       target = source.with_name(f"unreadable-{epoch}")
       if is_writer():

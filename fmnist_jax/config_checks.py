@@ -107,7 +107,7 @@ def check(config: ConfigDict, *, num_train: int | None = None, has_validation: b
   for key in ("activation", "head_activation", "autoencoder_activation"):
     if key in config.model:
       _one_of(config, f"model.{key}", sorted(layers.ACTIVATIONS))
-  for key in ("dropout_rates", "conv_dropout_rates", "dense_dropout_rates", "head_dropout_rates"):
+  for key in models.DROPOUT_KEYS:
     rates = config.model.get(key, 0.0)
     for rate in rates if isinstance(rates, list | tuple) else (rates,):
       if not isinstance(rate, int | float) or not 0.0 <= rate < 1.0:

@@ -50,6 +50,49 @@ def activation(name: str):
     raise ConfigError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}") from None
 
 
+class DropoutRate(nnx.Variable):
+  """A dropout layer's rate, held as state so that the members of one vmapped program
+  can differ in it (a swept hyperparameter, like the optimizer's in optax's state)."""
+
+
+class Dropout(nnx.Module):
+  """`nnx.Dropout` whose rate is a `DropoutRate` variable instead of a static float.
+
+  A layer built with rate 0 (`configured_rate`) compiles to nothing. A layer that
+  is on draws its mask from the rate in its state, so a member whose rate is 0
+  computes exactly its input (a mask of ones, divided by 1). Every layer takes its
+  key in training mode, on or off, so the other layers' keys do not depend on it.
+  """
+
+  def __init__(self, rate: float):
+    self.configured_rate = float(rate)
+    self.rate = DropoutRate(jnp.asarray(rate, jnp.float32))
+    self.deterministic = False  # set by .train() / .eval()
+
+  def __call__(self, x, *, rngs: nnx.Rngs | None = None):
+    if self.deterministic:
+      return x
+    key = rngs.dropout() if rngs is not None else None  # drawn even when off (see above)
+    if self.configured_rate == 0.0:
+      return x
+    if key is None:
+      raise ValueError("Dropout in training mode needs rngs with a 'dropout' stream")
+    keep = 1.0 - self.rate[...]
+    mask = jax.random.bernoulli(key, keep, x.shape)
+    return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
+
+
+def configured_dropout_rates(module: nnx.Module) -> nnx.State:
+  """The `DropoutRate` state holding every Dropout layer's configured rate.
+
+  Works on an abstract module (`nnx.eval_shape`), which it fills in.
+  """
+  for _, node in nnx.iter_graph(module):
+    if isinstance(node, Dropout):
+      node.rate.set_value(jnp.asarray(node.configured_rate, jnp.float32))
+  return nnx.state(module, DropoutRate)
+
+
 def resolve_conv_impl(impl: str) -> str:
   """Maps "auto" to "im2col" on CPU and "xla" elsewhere; validates the name."""
   if impl not in CONV_IMPLS:

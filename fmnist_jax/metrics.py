@@ -351,6 +351,15 @@ def format_summary_table(
   )
 
 
+def format_value(value) -> str:
+  """A config value for tables and names: 0.0003 -> "0.0003", (0.2, 0.4) -> "(0.2, 0.4)"."""
+  if isinstance(value, float):
+    return f"{value:g}"
+  if isinstance(value, tuple | list):
+    return "(" + ", ".join(map(format_value, value)) + ("," if len(value) == 1 else "") + ")"
+  return str(value)
+
+
 def format_members_table(members: Sequence[Mapping[str, Any]], swept: Sequence[str] = ()) -> str:
   """One row per member: seed, swept hyperparameters, epochs, best epoch, val and test accuracy."""
   header = ["Member", "Seed", *swept, "Epochs", "Best epoch", "Val acc", "Test acc"]
@@ -361,7 +370,7 @@ def format_members_table(members: Sequence[Mapping[str, Any]], swept: Sequence[s
       [
         str(member["member"]),
         str(member["seed"]),
-        *(f"{member['hyperparameters'][key]:g}" for key in swept),
+        *(format_value(member["hyperparameters"][key]) for key in swept),
         str(member["epochs_trained"]) + (" (diverged)" if member.get("diverged") else ""),
         _MISSING if member["best_epoch"] is None else str(member["best_epoch"]),
         _format_number(split_metrics.get("val", {}).get("accuracy")),

@@ -25,6 +25,9 @@ from fmnist_jax.data import IMAGE_SHAPE, NUM_CLASSES
 from fmnist_jax.errors import ConfigError
 
 IMAGE_PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+# The model config keys holding dropout rates. No shape depends on them, so the members
+# of one vmapped program may differ in them (layers.DropoutRate).
+DROPOUT_KEYS = ("dropout_rates", "conv_dropout_rates", "dense_dropout_rates", "head_dropout_rates")
 
 
 def _per_layer(value, count: int, name: str) -> tuple:
@@ -63,7 +66,7 @@ class MLP(nnx.Module):
     self.norms = nnx.List(
       [layers.batch_norm(n, rngs=rngs) for n in hidden_sizes] if batch_norm else []
     )
-    self.dropouts = nnx.List([nnx.Dropout(rate) for rate in rates])
+    self.dropouts = nnx.List([layers.Dropout(rate) for rate in rates])
     self.output = layers.dense(sizes[-1], num_classes, rngs=rngs)
 
   def __call__(self, x, *, rngs: nnx.Rngs | None = None):
@@ -260,7 +263,7 @@ class ConvStage(nnx.Module):
     self.norm = layers.batch_norm(features, rngs=rngs) if batch_norm else None
     self.activation = layers.activation(activation)
     self.pool = pool
-    self.dropout = nnx.Dropout(dropout_rate)
+    self.dropout = layers.Dropout(dropout_rate)
 
   def __call__(self, x, *, rngs: nnx.Rngs | None = None):
     x = self.conv(x)
@@ -398,7 +401,7 @@ class ResidualCNN(nnx.Module):
       )
       channels, side = features, side // 2 if pool_here else side
     self.blocks = nnx.List(blocks)
-    self.dropouts = nnx.List([nnx.Dropout(rate) for rate in rates])
+    self.dropouts = nnx.List([layers.Dropout(rate) for rate in rates])
     self.head = MLP(
       dense_sizes,
       activation=activation,

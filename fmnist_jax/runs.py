@@ -58,7 +58,7 @@ def load_run(workdir: str | pathlib.Path) -> Run:
     raise UserError(f"{workdir} is not a run directory (no config.json); pass a --workdir of a run")
   if not results_path.exists():
     raise UserError(f"the run in {workdir} has not finished (no results.json); rerun its command")
-  config = ConfigDict(_tuples(json.loads(config_path.read_text())))
+  config = ConfigDict(_tuples(checkpoint.with_new_keys(json.loads(config_path.read_text()))))
   results = json.loads(results_path.read_text())
   if not config.checkpoint.enabled:
     raise UserError(f"the run in {workdir} kept no checkpoints (checkpoint.enabled=False)")
@@ -66,8 +66,8 @@ def load_run(workdir: str | pathlib.Path) -> Run:
   members = train.Members(
     seeds=tuple(member["seed"] for member in results["members"]),
     hyperparams={
-      name.rpartition(".")[2]: tuple(m["hyperparameters"][name] for m in results["members"])
-      for name in results["members"][0]["hyperparameters"]
+      key: tuple(_tuples(m["hyperparameters"][key]) for m in results["members"])
+      for key in results["members"][0]["hyperparameters"]
     },
   )
   trainer = train.Trainer.create(
@@ -76,7 +76,10 @@ def load_run(workdir: str | pathlib.Path) -> Run:
   state = trainer.init_state(members)
   run_dir = checkpoint.RunDir(workdir, config, exclusive=False)
   restored = run_dir.restore_latest(
-    {"state": state, "early_stopping": train.EarlyStopping.create(state, len(members))}
+    {
+      "state": state.checkpointed(),
+      "early_stopping": train.EarlyStopping.create(state, len(members)),
+    }
   )
   run_dir.close()
   if restored is None:
@@ -84,7 +87,7 @@ def load_run(workdir: str | pathlib.Path) -> Run:
   _, payload = restored
   final, _ = train.final_states(
     config,
-    payload["state"],
+    state.restored(payload["state"]),
     payload["early_stopping"],
     has_validation=dataset.validation is not None,
   )

@@ -11,9 +11,10 @@ Python list for values that contain commas. `grid` takes every combination,
 with every zip point. Each point trains `config.num_seeds` seeds.
 
 Points that differ only in optimizer hyperparameters (learning rate, momentum,
-Adam's b1/b2/eps, weight decay: `train.OPTIMIZER_HYPERPARAMS`) train together as
-members of one vmapped program. Any other key (units, depth, activation,
-dropout rate, batch size, ...) changes the compiled program, so each of its
+Adam's b1/b2/eps, weight decay: `train.OPTIMIZER_HYPERPARAMS`) and dropout rates
+(`models.DROPOUT_KEYS`) train together as members of one vmapped program. Any
+other key (units, depth, activation, batch size, ...) changes the compiled
+program, so each of its
 values runs as a separate program in `<workdir>/<key>-<value>/`, driven by the
 same declaration. The sweep then writes sweep.csv, sweep.md and sweep.png (the
 swept metric, mean +- std over seeds, against the first swept key) and
@@ -135,17 +136,12 @@ class Program:
   member_points: tuple[dict[str, Any], ...]  # each member's sweep point
 
 
-def _vmappable(config: ConfigDict, key: str) -> bool:
-  section, _, name = key.partition(".")
-  return section == "optimizer" and name in train.OPTIMIZER_HYPERPARAMS[config.optimizer.name]
-
-
 def _slug(overrides: dict[str, Any]) -> str:
   """{"model.hidden_sizes": (300, 100), "model.activation": "tanh"}
   -> "hidden_sizes-300-100_activation-tanh"."""
   parts = []
   for key, value in overrides.items():
-    text = re.sub(r"[^A-Za-z0-9.]+", "-", _format_value(value)).strip("-")
+    text = re.sub(r"[^A-Za-z0-9.]+", "-", metrics.format_value(value)).strip("-")
     parts.append(f"{key.rpartition('.')[2]}-{text}")
   return "_".join(parts) or "default"
 
@@ -156,20 +152,34 @@ def programs(config: ConfigDict) -> list[Program]:
   groups: dict[str, tuple[dict, list[dict]]] = {}
   for point in points(config):
     config_checks.check(apply(config, point))  # an impossible value fails before any training
-    structural = {k: v for k, v in point.items() if not _vmappable(config, k)}
+    structural = {k: v for k, v in point.items() if not train.is_vmappable(config, k)}
     group_key = json.dumps(structural, sort_keys=True, default=str)
     groups.setdefault(group_key, (structural, []))[1].append(point)
   result = []
   for structural, group_points in groups.values():
     program_config = apply(config, structural)
+    swept_model_keys = sorted(
+      {k for point in group_points for k in point if k.startswith("model.")}
+    )
     seeds, member_points, hyperparams = [], [], {}
     for point in group_points:
-      point_hyperparams = train.default_hyperparams(apply(program_config, point).optimizer)
+      point_config = apply(program_config, point)
+      point_hyperparams = {
+        f"optimizer.{name}": value
+        for name, value in train.default_hyperparams(point_config.optimizer).items()
+      }
+      for key in swept_model_keys:
+        point_hyperparams[key] = point_config.model[key.removeprefix("model.")]
       for index in range(config.num_seeds):
         seeds.append(config.seed + index)
         member_points.append(point)
         for name, value in point_hyperparams.items():
           hyperparams.setdefault(name, []).append(value)
+    # A dropout layer is compiled in where any member uses it (each member's own rate,
+    # possibly 0, is in its state): the program's rates are the members' largest.
+    program_config = apply(
+      program_config, {key: _largest_rates(hyperparams[key]) for key in swept_model_keys}
+    )
     result.append(
       Program(
         name=_slug(structural) if len(groups) > 1 else "",
@@ -243,8 +253,19 @@ def _best(rows: list[dict], metric: str) -> dict | None:
   return min(scored, key=lambda row: sign * row["stats"][metric]["mean"])["point"]
 
 
-def _format_value(value) -> str:
-  return f"{value:g}" if isinstance(value, float) else str(value)
+def _largest_rates(values: list) -> float | tuple[float, ...]:
+  """Per layer, the largest of the members' dropout rates (a scalar applies to every layer)."""
+  if not any(isinstance(value, tuple | list) for value in values):
+    return max(values)
+  lengths = {len(value) for value in values if isinstance(value, tuple | list)}
+  if len(lengths) > 1:
+    raise ConfigError(
+      f"config.sweep: dropout rates {values} give different numbers of layers; "
+      f"give every value as many rates (or one scalar)"
+    )
+  (length,) = lengths
+  per_layer = [v if isinstance(v, tuple | list) else (v,) * length for v in values]
+  return tuple(max(rates) for rates in zip(*per_layer, strict=True))
 
 
 def write_outputs(workdir: pathlib.Path, sweep_results: dict, histories: dict):
@@ -260,7 +281,7 @@ def write_outputs(workdir: pathlib.Path, sweep_results: dict, histories: dict):
     header += [f"{m}_{stat}" for m in SWEEP_METRICS for stat in metrics.STAT_KEYS]
     writer.writerow(header)
     for row in rows:
-      values = [_format_value(row["point"][key]) for key in keys]
+      values = [metrics.format_value(row["point"][key]) for key in keys]
       values += [len(row["seeds"]), float(np.mean(row["epochs_trained"])), row["diverged"]]
       values += [
         row["stats"].get(m, {}).get(stat, "") for m in SWEEP_METRICS for stat in metrics.STAT_KEYS
@@ -287,7 +308,7 @@ def format_markdown(sweep_results: dict) -> str:
     "|" + "|".join("---" for _ in header) + "|",
   ]
   for row in rows:
-    cells = [_format_value(row["point"][key]) for key in keys]
+    cells = [metrics.format_value(row["point"][key]) for key in keys]
     for name in _TABLE_METRICS:
       stats = row["stats"].get(name)
       if stats is None:
@@ -317,7 +338,7 @@ def _plot(workdir: pathlib.Path, sweep_results: dict, histories: dict):
   fig, ax = plt.subplots(figsize=(6, 4))
   series: dict[str, list[dict]] = {}
   for row in rows:
-    label = ", ".join(f"{k}={_format_value(row['point'][k])}" for k in other_keys)
+    label = ", ".join(f"{k}={metrics.format_value(row['point'][k])}" for k in other_keys)
     series.setdefault(label, []).append(row)
   numeric = all(isinstance(row["point"][x_key], int | float) for row in rows)
   for label, series_rows in series.items():
@@ -325,7 +346,8 @@ def _plot(workdir: pathlib.Path, sweep_results: dict, histories: dict):
     if numeric:
       series_rows.sort(key=lambda row: row["point"][x_key])
     xs = [
-      row["point"][x_key] if numeric else _format_value(row["point"][x_key]) for row in series_rows
+      row["point"][x_key] if numeric else metrics.format_value(row["point"][x_key])
+      for row in series_rows
     ]
     means = [row["stats"][metric]["mean"] for row in series_rows]
     stds = [row["stats"][metric]["std"] for row in series_rows]
@@ -355,7 +377,7 @@ def _plot(workdir: pathlib.Path, sweep_results: dict, histories: dict):
     length = min(len(c) for c in curves)
     mean = np.mean([c[:length] for c in curves], axis=0)
     point = json.loads(key)
-    label = ", ".join(f"{k.rpartition('.')[2]}={_format_value(v)}" for k, v in point.items())
+    label = ", ".join(f"{k.rpartition('.')[2]}={metrics.format_value(v)}" for k, v in point.items())
     ax.plot(np.arange(1, length + 1), mean, label=label)
   ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   ax.set_xlabel("epoch")

@@ -38,6 +38,7 @@ from fmnist_jax import (
   config_checks,
   data,
   ensemble,
+  layers,
   metrics,
   models,
   parallel,
@@ -52,11 +53,33 @@ _TRAIN_STREAM, _PRETRAIN_STREAM = 0, 1
 
 
 @flax.struct.dataclass
+class SavedState:
+  """A TrainState as checkpoints hold it: without the dropout rates, which are config."""
+
+  step: jax.Array
+  params: nnx.State
+  model_state: nnx.State
+  opt_state: optax.OptState
+
+
+@flax.struct.dataclass
 class TrainState:
   step: jax.Array
   params: nnx.State  # trainable
   model_state: nnx.State  # everything else: batch-norm statistics
   opt_state: optax.OptState
+  # Each Dropout layer's rate (layers.DropoutRate): configuration, per member when swept.
+  # Not checkpointed: a resume takes it from the config.
+  dropout_rates: nnx.State | None = None
+
+  def checkpointed(self) -> SavedState:
+    return SavedState(self.step, self.params, self.model_state, self.opt_state)
+
+  def restored(self, saved: SavedState) -> "TrainState":
+    """`saved` (restored from a checkpoint of this state) with this state's dropout rates."""
+    return self.replace(
+      step=saved.step, params=saved.params, model_state=saved.model_state, opt_state=saved.opt_state
+    )
 
 
 @flax.struct.dataclass
@@ -122,6 +145,14 @@ OPTIMIZER_HYPERPARAMS = {
   "adam": ("learning_rate", "b1", "b2", "eps"),
   "adamw": ("learning_rate", "b1", "b2", "eps", "weight_decay"),
 }
+
+
+def is_vmappable(config: ConfigDict, key: str) -> bool:
+  """Whether members of one program may differ in dotted config `key` (no shape depends on it)."""
+  section, _, name = key.partition(".")
+  if section == "optimizer":
+    return name in OPTIMIZER_HYPERPARAMS[config.optimizer.name]
+  return section == "model" and name in models.DROPOUT_KEYS
 
 
 def default_hyperparams(opt_config: ConfigDict) -> dict[str, float]:
@@ -298,7 +329,9 @@ class Trainer:
   train_epoch: Callable  # (state, images, labels, key) -> state, {"loss", "correct", "count"}
   evaluate: Callable  # (state, images, labels) -> (confusion matrix, loss sum)
   predict: Callable  # (state, images) -> logits
-  init_members: Callable  # (keys[M], {name: values[M]}) -> stacked TrainState
+  # (keys[M], {name: values[M]}, dropout rates[M] or None: the config's) -> stacked TrainState
+  init_members: Callable
+  member_dropout_rates: Callable  # ({"model.<key>": value}) -> DropoutRate state
   init_optimizer_members: Callable  # (params[M], {name: values[M]}) -> fresh opt_state[M]
   train_members: Callable  # (state, active[M], images, labels, keys[M]) -> state, metrics[M]
   evaluate_members: Callable  # (state, images, labels) -> confusion[M], loss sum[M]
@@ -343,14 +376,25 @@ class Trainer:
     def init_optimizer(params, hyperparams=None):
       return make_tx(**(hyperparams or {})).init(params)
 
-    def init(key, hyperparams=None) -> TrainState:
-      _, params, model_state = nnx.split(build(key), nnx.Param, ...)
+    def init(key, hyperparams=None, dropout_rates=None) -> TrainState:
+      _, params, rates, model_state = nnx.split(build(key), nnx.Param, layers.DropoutRate, ...)
       return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         model_state=model_state,
         opt_state=init_optimizer(params, hyperparams),
+        dropout_rates=rates if dropout_rates is None else dropout_rates,
       )
+
+    def member_dropout_rates(overrides: dict[str, Any]) -> nnx.State:
+      """The DropoutRate state of config.model with a member's `model.*` overrides."""
+      model_config = config.model.copy_and_resolve_references()
+      for key, value in overrides.items():
+        model_config[key.removeprefix("model.")] = value
+      abstract = nnx.eval_shape(
+        lambda: models.build(model_config, conv_impl=config.conv_impl, rngs=nnx.Rngs(params=0))
+      )
+      return layers.configured_dropout_rates(abstract)
 
     train_step, train_epoch = make_train_epoch(
       train_graphdef,
@@ -371,6 +415,11 @@ class Trainer:
 
     def over(fn, in_axes):
       return _over_members(fn, in_axes, num_members)
+
+    init_each = over(init, (0, 0, 0))
+
+    def init_members(keys_M, hyperparams_M, dropout_rates_M=None):
+      return init_each(keys_M, hyperparams_M, dropout_rates_M)
 
     def train_members(state, active_M, images, labels, keys_M):
       new_state, step_metrics = over(train_epoch, (0, None, None, 0))(state, images, labels, keys_M)
@@ -393,7 +442,8 @@ class Trainer:
       train_epoch=layout.jit(train_epoch, donate_argnums=0),
       evaluate=layout.jit(evaluate),
       predict=layout.jit(predict),
-      init_members=layout.jit(over(init, (0, 0))),
+      init_members=layout.jit(init_members),
+      member_dropout_rates=member_dropout_rates,
       init_optimizer_members=layout.jit(over(init_optimizer, (0, 0))),
       train_members=layout.jit(train_members, donate_argnums=0),
       evaluate_members=layout.jit(over(evaluate, (0, None, None))),
@@ -402,12 +452,19 @@ class Trainer:
 
   def init_state(self, members: "Members") -> TrainState:
     """The members' stacked initial state; member m's is a single run's with its seed."""
-    return self.init_members(members.init_keys(), members.stacked_hyperparams())
+    rates = [
+      self.member_dropout_rates(members.model_overrides(index)) for index in range(len(members))
+    ]
+    return self.init_members(
+      members.init_keys(),
+      members.stacked_optimizer_hyperparams(),
+      jax.tree.map(lambda *values: jnp.stack(values), *rates),
+    )
 
   def model(self, state: TrainState, train: bool = False) -> nnx.Module:
     """A stateful module view of one member's `state` (for inspection, export, plotting)."""
     graphdef = self.train_graphdef if train else self.eval_graphdef
-    return nnx.merge(graphdef, state.params, state.model_state)
+    return nnx.merge(graphdef, state.params, state.dropout_rates, state.model_state)
 
 
 def member(tree, index: int):
@@ -429,6 +486,10 @@ def _epoch_batches(key, num_examples: int, batch_size: int):
   return indices.reshape(steps, batch_size), weights.reshape(steps, batch_size)
 
 
+# TrainState.model_state: every variable but the parameters and the dropout rates.
+_MODEL_STATE = nnx.Not(nnx.Any(nnx.Param, layers.DropoutRate))
+
+
 def make_train_epoch(
   graphdef, tx, preprocess, loss_fn, batch_size: int, split_batch=lambda b: b, augment=None
 ):
@@ -447,15 +508,15 @@ def make_train_epoch(
 
     def objective(params):
       # copy=True: fresh Variables at this trace level, so BatchNorm may update its statistics.
-      model = nnx.merge(graphdef, params, state.model_state, copy=True)
+      model = nnx.merge(graphdef, params, state.dropout_rates, state.model_state, copy=True)
       loss, correct = loss_fn(model, preprocess(images), labels, weights, nnx.Rngs(dropout=key))
-      return loss, (correct, nnx.state(model, nnx.Not(nnx.Param)))
+      return loss, (correct, nnx.state(model, _MODEL_STATE))
 
     (loss, (correct, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
       state.params
     )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    state = TrainState(
+    state = state.replace(
       step=state.step + 1,
       params=optax.apply_updates(state.params, updates),
       model_state=model_state,
@@ -494,7 +555,7 @@ def make_evaluate(
   """
 
   def logits_fn(state: TrainState, images):
-    model = nnx.merge(graphdef, state.params, state.model_state)
+    model = nnx.merge(graphdef, state.params, state.dropout_rates, state.model_state)
     inputs = preprocess(split_batch(images))
     logits_of = lambda x: model(x).astype(jnp.float32)  # noqa: E731
     if flip_average:
@@ -550,17 +611,28 @@ _member_init_keys = jax.jit(
 
 @dataclasses.dataclass(frozen=True)
 class Members:
-  """The models one program trains together: each one's seed and optimizer hyperparameters."""
+  """The models one program trains together: each one's seed and hyperparameters.
+
+  `hyperparams` maps dotted config keys to one value per member: the optimizer's
+  (`OPTIMIZER_HYPERPARAMS`, in optax's state) and the model's dropout rates
+  (`models.DROPOUT_KEYS`, in `TrainState.dropout_rates`).
+  """
 
   seeds: tuple[int, ...]
-  hyperparams: dict[str, tuple[float, ...]]  # optimizer hyperparameter -> value per member
+  hyperparams: dict[str, tuple[Any, ...]]
 
   def __len__(self) -> int:
     return len(self.seeds)
 
-  def describe(self, index: int) -> dict[str, float]:
+  def describe(self, index: int) -> dict[str, Any]:
     """Member `index`'s hyperparameters as dotted config keys."""
-    return {f"optimizer.{name}": values[index] for name, values in self.hyperparams.items()}
+    return {key: values[index] for key, values in self.hyperparams.items()}
+
+  def model_overrides(self, index: int) -> dict[str, Any]:
+    return {k: v for k, v in self.describe(index).items() if k.startswith("model.")}
+
+  def learning_rates(self) -> np.ndarray:
+    return np.asarray(self.hyperparams["optimizer.learning_rate"], np.float64)
 
   def epoch_keys(self, stream: int, epoch: int) -> jax.Array:
     """Every member's key of one epoch of `stream`: its seed's single-run key."""
@@ -569,8 +641,13 @@ class Members:
   def init_keys(self) -> jax.Array:
     return _member_init_keys(jnp.asarray(self.seeds, jnp.int32))
 
-  def stacked_hyperparams(self) -> dict[str, jax.Array]:
-    return {name: jnp.asarray(values, jnp.float32) for name, values in self.hyperparams.items()}
+  def stacked_optimizer_hyperparams(self) -> dict[str, jax.Array]:
+    """{name: values[M]}, as `make_tx` takes them."""
+    return {
+      key.removeprefix("optimizer."): jnp.asarray(values, jnp.float32)
+      for key, values in self.hyperparams.items()
+      if key.startswith("optimizer.")
+    }
 
 
 def members_of(config: ConfigDict) -> Members:
@@ -579,7 +656,8 @@ def members_of(config: ConfigDict) -> Members:
   return Members(
     seeds=seeds,
     hyperparams={
-      name: (value,) * len(seeds) for name, value in default_hyperparams(config.optimizer).items()
+      f"optimizer.{name}": (value,) * len(seeds)
+      for name, value in default_hyperparams(config.optimizer).items()
     },
   )
 
@@ -725,15 +803,16 @@ def fit(
         in_axes=(0, 0, 0, None, 0),
       )
     )
-    peak_learning_rates = np.asarray(members.hyperparams["learning_rate"])
+    peak_learning_rates = members.learning_rates()
     # The learning-rate multiplier of each step of an epoch, compiled once for all epochs.
     epoch_schedule = jax.jit(jax.vmap(trainer.schedule))
 
     start_epoch = 0
-    restored = run.restore_latest({"state": state, "early_stopping": early})
+    restored = run.restore_latest({"state": state.checkpointed(), "early_stopping": early})
     if restored is not None:
       start_epoch, payload = restored
-      state, early = payload["state"], payload["early_stopping"]
+      state = state.restored(payload["state"])
+      early = payload["early_stopping"]
     elif config.pretrain.num_epochs > 0:
       pretrained = _pretrain(
         config, trainer_args, members, state, device_data, run.log_metrics, layout
@@ -741,7 +820,9 @@ def fit(
       state = state.replace(
         params=pretrained.params,
         model_state=pretrained.model_state,
-        opt_state=trainer.init_optimizer_members(pretrained.params, members.stacked_hyperparams()),
+        opt_state=trainer.init_optimizer_members(
+          pretrained.params, members.stacked_optimizer_hyperparams()
+        ),
       )
       early = new_early_stopping(state)
 
@@ -766,7 +847,7 @@ def fit(
     )
 
     def save():
-      run.save(trained_epoch, {"state": state, "early_stopping": early})
+      run.save(trained_epoch, {"state": state.checkpointed(), "early_stopping": early})
 
     preemption = parallel.PreemptionSignal()
     try:
@@ -798,7 +879,9 @@ def fit(
           if num_members == 1:
             raise error
           diverged_now[index] = True
-          described = ", ".join(f"{k}={v:g}" for k, v in members.describe(index).items())
+          described = ", ".join(
+            f"{k}={metrics.format_value(v)}" for k, v in members.describe(index).items()
+          )
           print(
             f"warning: member {index} (seed {members.seeds[index]}, {described}) diverged: its "
             f"training loss became {step_metrics['loss'][index, first_bad]} in epoch {epoch + 1}. "

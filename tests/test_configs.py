@@ -30,12 +30,15 @@ EXPECTED_PARAMS = {
 # Configs whose docstring gives the command (study_a only holds study A's protocol).
 COMMANDS = [name for name in CONFIGS if name != "study_a"]
 # Study B's hyperparameter studies: how many compiled programs (and points) each sweep runs.
+# Dropout rates, like optimizer hyperparameters, vary between members of one program.
 STUDY_SWEEPS = {
   "study_inputs": (None, 3, 9),
   "study_optimizers": (None, 2, 24),
-  "study_one_hidden": ("activation", 5, 5),
-  "study_two_hidden": (None, 4, 4),
-  "study_cnn": (None, 4, 4),
+  "study_one_hidden:activation": ("activation", 5, 5),
+  "study_one_hidden:dropout": ("dropout", 1, 8),
+  "study_one_hidden:units": ("units", 6, 6),
+  "study_two_hidden": (None, 2, 4),
+  "study_cnn": (None, 2, 4),
 }
 
 
@@ -65,7 +68,7 @@ def test_study_sweeps_plan_their_programs(name):
   from fmnist_jax import sweep
 
   arg, num_programs, num_points = STUDY_SWEEPS[name]
-  module = importlib.import_module(f"configs.{name}")
+  module = importlib.import_module(f"configs.{name.partition(':')[0]}")
   config = module.get_config(arg) if arg else module.get_config()
   plan = sweep.programs(config)  # checks every point's config too
   assert len(plan) == num_programs
@@ -77,7 +80,7 @@ def test_study_sweeps_plan_their_programs(name):
   [("study_one_hidden", ("activation", "dropout", "units")), ("study_patience", ("mlp", "cnn"))],
 )
 def test_configs_with_an_argument_build_every_part(name, args):
-  module = importlib.import_module(f"configs.{name}")
+  module = importlib.import_module(f"configs.{name.partition(':')[0]}")
   for arg in args:
     config_checks.check(module.get_config(arg))
   with pytest.raises(ValueError, match="choose one of"):

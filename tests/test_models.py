@@ -154,6 +154,36 @@ def test_dropout_masks_depend_only_on_the_key():
   assert not np.array_equal(first, model(images, rngs=nnx.Rngs(dropout=8)))
 
 
+def test_dropout_equals_flax_dropout_and_takes_its_rate_from_state():
+  x = jax.random.normal(jax.random.key(0), (64, 32))
+  ours = layers.Dropout(0.3)(x, rngs=nnx.Rngs(dropout=5))
+  flax_dropout = nnx.Dropout(0.3)(x, rngs=nnx.Rngs(dropout=5))
+  np.testing.assert_array_equal(ours == 0, flax_dropout == 0)
+  np.testing.assert_allclose(ours, flax_dropout, rtol=1e-6)
+
+  # Members of one vmapped call with their own rates, from a layer built with 0.5.
+  layer = layers.Dropout(0.5)
+  graphdef, rates, rest = nnx.split(layer, layers.DropoutRate, ...)
+  member_rates = jax.tree.map(lambda r: jnp.asarray([0.0, 0.25, 0.75]), rates)
+
+  def apply(rates_one, key):
+    return nnx.merge(graphdef, rates_one, rest)(x, rngs=nnx.Rngs(dropout=key))
+
+  out = jax.vmap(apply, in_axes=(0, None))(member_rates, jax.random.key(1))
+  np.testing.assert_array_equal(out[0], x)  # rate 0: exactly the input
+  for member, rate in ((1, 0.25), (2, 0.75)):
+    dropped = np.asarray(out[member] == 0)
+    assert abs(dropped.mean() - rate) < 0.05
+    np.testing.assert_allclose(out[member][~dropped], x[~dropped] / (1 - rate), rtol=1e-6)
+
+
+def test_configured_dropout_rates_reads_an_abstract_model():
+  config = ConfigDict({"name": "mlp", "hidden_sizes": (8, 4), "dropout_rates": (0.2, 0.0)})
+  abstract = nnx.eval_shape(lambda: models.build(config, rngs=nnx.Rngs(0)))
+  rates = [float(r) for r in jax.tree.leaves(layers.configured_dropout_rates(abstract))]
+  assert rates == pytest.approx([0.2, 0.0])
+
+
 def test_keras_initialisation_glorot_uniform_kernels_zero_biases():
   layer = layers.dense(784, 300, rngs=nnx.Rngs(0))
   limit = np.sqrt(6 / (784 + 300))

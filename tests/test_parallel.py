@@ -38,7 +38,7 @@ def assert_same_model(a, b, close_fraction=1.0):
 
   `close_fraction` < 1 is for Adam: lr * m / sqrt(v) turns a rounding-sized change in a
   near-zero gradient (a dead ReLU's weights) into a step of up to lr, so a few weights
-  may differ by a few learning rates while the rest agree to 1e-4.
+  may differ by a few learning rates (measured: up to 6) while the rest agree to 1e-4.
   """
   params_a, params_b = saved_params(a), saved_params(b)
   diffs = np.concatenate([np.abs(x - y).ravel() for x, y in zip(params_a, params_b, strict=True)])
@@ -46,7 +46,7 @@ def assert_same_model(a, b, close_fraction=1.0):
     [np.abs(y).ravel() for y in params_b]
   )
   assert np.mean(diffs <= tolerance) >= close_fraction, np.mean(diffs <= tolerance)
-  assert diffs.max() < (2e-5 if close_fraction == 1.0 else 5e-3)
+  assert diffs.max() < (2e-5 if close_fraction == 1.0 else 1e-2)  # Adam: 10 learning rates
   metrics_a, metrics_b = (
     json.loads((workdir / "results.json").read_text())["members"][0]["metrics"]
     for workdir in (a, b)

@@ -1,5 +1,9 @@
 """Predicting on user images and exporting a run: the same answers as in-process evaluation."""
 
+import hashlib
+import json
+import shutil
+
 import jax
 import numpy as np
 import pytest
@@ -79,3 +83,36 @@ def test_the_exported_function_gives_the_same_logits(
     images = small_dataset.test.images[:count]
     expected = np.asarray(run.trainer.predict_members(run.state, jax.device_put(images)))
     np.testing.assert_allclose(np.asarray(exported.call(images)), expected, rtol=1e-5, atol=1e-5)
+
+
+def _digests(directory):
+  return {
+    path: hashlib.sha256(path.read_bytes()).hexdigest()
+    for path in sorted(directory.rglob("*"))
+    if path.is_file() and path.name != ".lock"
+  }
+
+
+def test_loading_a_run_changes_nothing_and_accepts_an_older_config(
+  trained_run, small_dataset, use_small_dataset, tmp_path
+):
+  workdir = shutil.copytree(trained_run, tmp_path / "run")
+  expected = in_process_classes(trained_run, small_dataset.test.images)
+  # A run made before a config key existed (compute_dtype) loads with that key's default.
+  saved = json.loads((workdir / "config.json").read_text())
+  del saved["compute_dtype"]
+  (workdir / "config.json").write_text(json.dumps(saved))
+  before = _digests(workdir)
+  np.testing.assert_array_equal(in_process_classes(workdir, small_dataset.test.images), expected)
+  assert _digests(workdir) == before
+  # A corrupt latest checkpoint is named, not replaced by an older epoch, and left in place.
+  latest = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  for path in (workdir / "checkpoints" / str(latest)).rglob("*"):
+    if path.is_file() and path.parent.name == "d":
+      path.write_bytes(b"\0" * path.stat().st_size)
+  before = _digests(workdir)
+  with pytest.raises(
+    runs.UserError, match=rf"latest checkpoint .* \(epoch {latest}\) is unreadable"
+  ):
+    runs.load_run(workdir)
+  assert _digests(workdir) == before

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from ml_collections import ConfigDict
 from small import small_config
 
 from fmnist_jax import sweep, train
@@ -58,9 +59,47 @@ def test_optimizer_points_share_one_program_and_shapes_get_their_own():
     assert program.config.model.hidden_sizes == (width,)
     assert program.members.seeds == (0, 1) * 3
     np.testing.assert_allclose(
-      program.members.hyperparams["learning_rate"], [0.1] * 2 + [0.01] * 2 + [0.001] * 2
+      program.members.hyperparams["optimizer.learning_rate"], [0.1] * 2 + [0.01] * 2 + [0.001] * 2
     )
-    assert program.members.hyperparams["momentum"] == (0.0,) * 6
+    assert program.members.hyperparams["optimizer.momentum"] == (0.0,) * 6
+
+
+def _two_layer_mlp(hidden_sizes, dropout_rates) -> ConfigDict:
+  return ConfigDict({"name": "mlp", "hidden_sizes": hidden_sizes, "dropout_rates": dropout_rates})
+
+
+def test_dropout_points_share_one_program_with_each_layer_on_where_any_member_uses_it():
+  config = small_config()
+  config.model = _two_layer_mlp((32, 16), (0.0, 0.0))
+  config.sweep.zip = (
+    "model.dropout_rates=[(0.0, 0.3), (0.5, 0.0)]; optimizer.learning_rate=1e-3,3e-4"
+  )
+  (program,) = sweep.programs(config)
+  assert program.name == "" and program.config.model.dropout_rates == (0.5, 0.3)
+  assert program.members.hyperparams["model.dropout_rates"] == ((0.0, 0.3), (0.5, 0.0))
+  assert program.members.hyperparams["optimizer.learning_rate"] == (1e-3, 3e-4)
+
+
+def test_a_vmapped_dropout_sweep_equals_separate_runs(use_small_dataset, tmp_path):
+  # (0.0, 0.3): its first layer is on in the program (another member uses it) at rate 0.
+  rates = [(0.0, 0.3), (0.5, 0.0), (0.2, 0.2)]
+  config = small_config(num_epochs=2)
+  config.model = _two_layer_mlp((64, 32), (0.0, 0.0))
+  config.sweep.grid = f"model.dropout_rates={rates}"
+  swept = sweep.run(config, tmp_path / "sweep", show_progress=False)
+  assert swept["programs"] == [""]  # one program
+  for row, member_rates in zip(swept["rows"], rates, strict=True):
+    alone_config = small_config(num_epochs=2)
+    alone_config.model = _two_layer_mlp((64, 32), member_rates)
+    alone = train.fit(alone_config, tmp_path / str(member_rates), show_progress=False)
+    alone = alone["members"][0]["metrics"]
+    assert row["point"] == {"model.dropout_rates": member_rates}
+    for split in ("val", "test"):
+      assert row["stats"][f"{split}/loss"]["mean"] == pytest.approx(alone[split]["loss"], rel=1e-4)
+      assert row["stats"][f"{split}/accuracy"]["mean"] == pytest.approx(
+        alone[split]["accuracy"], abs=2e-3
+      )
+  assert len({row["stats"]["val/loss"]["mean"] for row in swept["rows"]}) == 3
 
 
 def test_a_vmapped_learning_rate_sweep_equals_separate_runs(use_small_dataset, tmp_path):
