@@ -59,9 +59,9 @@ class Dropout(nnx.Module):
   """`nnx.Dropout` whose rate is a `DropoutRate` variable instead of a static float.
 
   A layer built with rate 0 (`configured_rate`) compiles to nothing. A layer that
-  is on draws its mask from the rate in its state, so a member whose rate is 0
-  computes exactly its input (a mask of ones, divided by 1). Every layer takes its
-  key in training mode, on or off, so the other layers' keys do not depend on it.
+  is on takes its mask's key as `nnx.Dropout` does (the dropout stream's next key),
+  except that a member whose rate is 0 computes exactly its input and leaves the
+  stream where it was: each member draws the keys its own run would draw.
   """
 
   def __init__(self, rate: float):
@@ -70,14 +70,14 @@ class Dropout(nnx.Module):
     self.deterministic = False  # set by .train() / .eval()
 
   def __call__(self, x, *, rngs: nnx.Rngs | None = None):
-    if self.deterministic:
+    if self.deterministic or self.configured_rate == 0.0:
       return x
-    key = rngs.dropout() if rngs is not None else None  # drawn even when off (see above)
-    if self.configured_rate == 0.0:
-      return x
-    if key is None:
+    if rngs is None:
       raise ValueError("Dropout in training mode needs rngs with a 'dropout' stream")
-    keep = 1.0 - self.rate[...]
+    stream, rate = rngs.dropout, self.rate[...]
+    key = jax.random.fold_in(stream.key[...], stream.count[...])
+    stream.count[...] += (rate > 0).astype(stream.count.dtype)
+    keep = 1.0 - rate
     mask = jax.random.bernoulli(key, keep, x.shape)
     return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
 

@@ -177,6 +177,15 @@ def test_dropout_equals_flax_dropout_and_takes_its_rate_from_state():
     np.testing.assert_allclose(out[member][~dropped], x[~dropped] / (1 - rate), rtol=1e-6)
 
 
+def test_a_model_draws_the_dropout_keys_flax_dropout_draws():
+  # Layers that are off take no key, as with nnx.Dropout, so runs keep their numbers.
+  model = models.MLP((32, 16, 8), dropout_rates=(0.0, 0.3, 0.5), rngs=nnx.Rngs(0))
+  images = jax.random.uniform(jax.random.key(1), (4, 28, 28))
+  ours = model(images, rngs=nnx.Rngs(dropout=3))
+  model.dropouts = nnx.List([nnx.Dropout(rate) for rate in (0.0, 0.3, 0.5)])
+  np.testing.assert_allclose(ours, model(images, rngs=nnx.Rngs(dropout=3)), rtol=1e-5)
+
+
 def test_configured_dropout_rates_reads_an_abstract_model():
   config = ConfigDict({"name": "mlp", "hidden_sizes": (8, 4), "dropout_rates": (0.2, 0.0)})
   abstract = nnx.eval_shape(lambda: models.build(config, rngs=nnx.Rngs(0)))
