@@ -53,6 +53,7 @@ class Experiment:
   num_params: int | None = None
   protocol: str = ""
   train_seconds: float = 0.0
+  timed_by_wall: bool = False  # a run made before train_seconds was recorded: its wall time
 
 
 def known_configs() -> dict[str, tuple[dict, dict | None]]:
@@ -120,7 +121,8 @@ def pool_runs(runs, configs) -> list[Experiment]:
       experiment.members.setdefault(member["seed"], member)
     experiment.num_params = results.get("num_params")
     experiment.protocol = results.get("protocol", "")
-    experiment.train_seconds += results.get("train_seconds", 0.0)
+    experiment.train_seconds += _train_seconds(results)
+    experiment.timed_by_wall |= "train_seconds" not in results
   order = {name: index for index, name in enumerate(configs)}
   return sorted(
     experiments.values(),
@@ -168,10 +170,31 @@ def results_rows(experiments: list[Experiment]) -> list[list[str]]:
         mean_std(test_f1),
         "" if reported is None else f"{reported:.4f}",
         "" if reported is None else f"{mean_test - reported:+.4f}",
+        duration(e.train_seconds) + (" (wall)" if e.timed_by_wall else ""),
         ", ".join(w.name for w in e.workdirs),
       ]
     )
   return rows
+
+
+def duration(seconds: float) -> str:
+  """586.2 -> "9 min 46 s"; 7380 -> "2 h 03 min"."""
+  seconds = round(seconds)
+  if seconds < 60:
+    return f"{seconds} s"
+  if seconds < 3600:
+    return f"{seconds // 60} min {seconds % 60:02d} s"
+  return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _train_seconds(results: dict) -> float:
+  """A run's training time; its process's wall time for runs older than that record."""
+  return results.get("train_seconds", results.get("wall_seconds", 0.0))
+
+
+def _sweep_train_seconds(workdir: pathlib.Path) -> float:
+  """Every program's training time in a sweep's workdir."""
+  return sum(_train_seconds(json.loads(path.read_text())) for path in workdir.rglob("results.json"))
 
 
 RESULTS_HEADER = [
@@ -184,6 +207,7 @@ RESULTS_HEADER = [
   "Test F1 (macro)",
   "Reported",
   "Difference",
+  "Training time",
   "Workdirs",
 ]
 
@@ -306,13 +330,23 @@ def build(root: pathlib.Path, out: pathlib.Path) -> tuple[str, str]:
     f"generated {stamp} by `python -m fmnist_jax.report`. Each row pools the runs of one "
     f"config over their seeds (mean +- sample std); `Reported` is the study's test accuracy."
   )
+  run_seconds = sum(e.train_seconds for e in experiments)
+  sweep_seconds = sum(_sweep_train_seconds(workdir) for workdir, _ in sweeps)
+  total = (
+    f'Training time (every epoch of every run, summed from results.json; "(wall)": an '
+    f"older run's whole process): runs "
+    f"{duration(run_seconds)}, sweeps {duration(sweep_seconds)}, together "
+    f"{duration(run_seconds + sweep_seconds)}. Ensembles reuse their members' runs."
+  )
   md = [f"# fmnist_jax report: {root}", "", intro, "", "## Results", ""]
   md.append(markdown_table(RESULTS_HEADER, results) if results else "No finished runs.")
+  md += ["", total]
   doc = [
     f"<h1>fmnist_jax report: {html.escape(str(root))}</h1>",
     f"<p class='note'>{html.escape(intro)}</p>",
     "<h2>Results</h2>",
     html_table(RESULTS_HEADER, results) if results else "<p>No finished runs.</p>",
+    f"<p class='note'>{html.escape(total)}</p>",
   ]
   if ensemble_table:
     md += [

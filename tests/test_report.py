@@ -65,13 +65,23 @@ def test_runs_of_one_config_pool_over_seeds_beside_the_reported_number(runs_dir,
   expected = np.array([0.9291, 0.9281])
   assert cells[4] == f"**{expected.mean():.4f} +- {expected.std(ddof=1):.4f}**"
   assert cells[7] == "0.9268" and cells[8] == f"{expected.mean() - 0.9268:+.4f}"
-  assert cells[9] == "cnn, cnn_seed1"
+  assert cells[9] == "2 s" and cells[10] == "cnn, cnn_seed1"  # 1 s per workdir
+  assert "): runs 4 s, sweeps 0 s, together 4 s." in markdown
   # An override is a different experiment, named by its difference, with no reported number.
   cells = row_of(markdown, "cnn (model.batch_norm=False)")
   assert cells[4] == "**0.9257**" and cells[7] == ""
   cells = row_of(markdown, "mlp_1hidden")
   assert cells[0].startswith("B1") and cells[5] == "0.8960-0.8983"
   assert "![Test confusion matrix](../runs/cnn/confusion.png)" in markdown
+
+
+def test_durations_read_as_a_person_would_write_them():
+  assert [report.duration(s) for s in (4.4, 586.2, 3599.6, 7380)] == [
+    "4 s",
+    "9 min 46 s",
+    "1 h 00 min",
+    "2 h 03 min",
+  ]
 
 
 def test_the_html_is_one_self_contained_file(runs_dir, tmp_path):
