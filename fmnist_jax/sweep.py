@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from ml_collections import ConfigDict
 
-from fmnist_jax import analysis, checkpoint, config_checks, metrics, train
+from fmnist_jax import analysis, checkpoint, config_checks, metrics, models, train
 from fmnist_jax.errors import ConfigError
 
 SWEEP_METRICS = config_checks.SWEEP_METRICS
@@ -158,15 +158,30 @@ def programs(config: ConfigDict) -> list[Program]:
   result = []
   for structural, group_points in groups.values():
     program_config = apply(config, structural)
+    # A dropout layer, or SGD's weight decay, is compiled in where any member uses it
+    # (each member's own value, possibly 0, is in its state): the program takes the largest.
+    gating = sorted({k for point in group_points for k in point if k in _GATING_KEYS})
+    program_config = apply(
+      program_config,
+      {
+        key: _largest([_value(apply(program_config, p), key) for p in group_points])
+        for key in gating
+      },
+    )
+    optimizer_names = train.optimizer_hyperparams(program_config.optimizer)
     swept_model_keys = sorted(
-      {k for point in group_points for k in point if k.startswith("model.")}
+      {
+        k
+        for p in group_points
+        for k in p
+        if k.startswith("model.") and train.is_vmappable(config, k)
+      }
     )
     seeds, member_points, hyperparams = [], [], {}
     for point in group_points:
       point_config = apply(program_config, point)
       point_hyperparams = {
-        f"optimizer.{name}": value
-        for name, value in train.default_hyperparams(point_config.optimizer).items()
+        f"optimizer.{name}": float(point_config.optimizer[name]) for name in optimizer_names
       }
       for key in swept_model_keys:
         point_hyperparams[key] = point_config.model[key.removeprefix("model.")]
@@ -175,11 +190,6 @@ def programs(config: ConfigDict) -> list[Program]:
         member_points.append(point)
         for name, value in point_hyperparams.items():
           hyperparams.setdefault(name, []).append(value)
-    # A dropout layer is compiled in where any member uses it (each member's own rate,
-    # possibly 0, is in its state): the program's rates are the members' largest.
-    program_config = apply(
-      program_config, {key: _largest_rates(hyperparams[key]) for key in swept_model_keys}
-    )
     result.append(
       Program(
         name=_slug(structural) if len(groups) > 1 else "",
@@ -253,8 +263,18 @@ def _best(rows: list[dict], metric: str) -> dict | None:
   return min(scored, key=lambda row: sign * row["stats"][metric]["mean"])["point"]
 
 
-def _largest_rates(values: list) -> float | tuple[float, ...]:
-  """Per layer, the largest of the members' dropout rates (a scalar applies to every layer)."""
+# Keys whose non-zero value compiles something in (a dropout layer, SGD's weight decay).
+_GATING_KEYS = ("optimizer.weight_decay", *(f"model.{key}" for key in models.DROPOUT_KEYS))
+
+
+def _value(config: ConfigDict, key: str):
+  for name in key.split("."):
+    config = config[name]
+  return config
+
+
+def _largest(values: list) -> float | tuple[float, ...]:
+  """The largest value; per layer for dropout rates (a scalar applies to every layer)."""
   if not any(isinstance(value, tuple | list) for value in values):
     return max(values)
   lengths = {len(value) for value in values if isinstance(value, tuple | list)}

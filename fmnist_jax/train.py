@@ -141,7 +141,7 @@ def update_early_stopping(
 # The numeric hyperparameters of each optimizer. They live in the optimizer state
 # (optax.inject_hyperparams), so members of one vmapped program may differ in them.
 OPTIMIZER_HYPERPARAMS = {
-  "sgd": ("learning_rate", "momentum"),
+  "sgd": ("learning_rate", "momentum", "weight_decay"),  # weight_decay only when > 0
   "adam": ("learning_rate", "b1", "b2", "eps"),
   "adamw": ("learning_rate", "b1", "b2", "eps", "weight_decay"),
 }
@@ -155,8 +155,26 @@ def is_vmappable(config: ConfigDict, key: str) -> bool:
   return section == "model" and name in models.DROPOUT_KEYS
 
 
+def optimizer_hyperparams(opt_config: ConfigDict) -> tuple[str, ...]:
+  """The hyperparameters in `opt_config`'s optax state. SGD's weight decay is compiled in
+  only when it is on (a sweep turns it on for every member where any member uses it)."""
+  names = OPTIMIZER_HYPERPARAMS[opt_config.name]
+  if opt_config.name == "sgd" and not opt_config.weight_decay:
+    names = tuple(name for name in names if name != "weight_decay")
+  return names
+
+
 def default_hyperparams(opt_config: ConfigDict) -> dict[str, float]:
-  return {name: float(opt_config[name]) for name in OPTIMIZER_HYPERPARAMS[opt_config.name]}
+  return {name: float(opt_config[name]) for name in optimizer_hyperparams(opt_config)}
+
+
+def _sgd_with_weight_decay(learning_rate, momentum, weight_decay, nesterov=False):
+  """PyTorch's SGD weight_decay: wd * w joins the gradient (so the learning rate and the
+  schedule scale it too); kernels only, not biases or batch-norm scales."""
+  decay = optax.add_decayed_weights(
+    weight_decay, mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  )
+  return optax.chain(decay, optax.sgd(learning_rate, momentum, nesterov=nesterov))
 
 
 def make_optimizer(
@@ -185,7 +203,8 @@ def make_optimizer(
       0.0, 1.0, warmup, max(total_steps, warmup + 1)
     )
   if opt_config.name == "sgd":
-    base = optax.inject_hyperparams(optax.sgd, static_args=("nesterov",))
+    sgd = _sgd_with_weight_decay if opt_config.weight_decay else optax.sgd
+    base = optax.inject_hyperparams(sgd, static_args=("nesterov",))
     extra = {"nesterov": opt_config.nesterov}
   else:
     base = optax.inject_hyperparams(getattr(optax, opt_config.name))
@@ -194,13 +213,6 @@ def make_optimizer(
 
   def make_tx(**hyperparams) -> optax.GradientTransformation:
     tx = base(**{**defaults, **hyperparams}, **extra)
-    if opt_config.name == "sgd" and opt_config.weight_decay:
-      # PyTorch's SGD weight_decay: wd * w joins the gradient (so the schedule scales it
-      # too); kernels only, not biases or batch-norm scales.
-      decay = optax.add_decayed_weights(
-        opt_config.weight_decay, mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-      )
-      tx = optax.chain(decay, tx)
     if opt_config.schedule != "constant":
       tx = optax.chain(tx, optax.scale_by_schedule(unit_schedule))
     if ema_decay:

@@ -80,51 +80,46 @@ def test_dropout_points_share_one_program_with_each_layer_on_where_any_member_us
   assert program.members.hyperparams["optimizer.learning_rate"] == (1e-3, 3e-4)
 
 
-def test_a_vmapped_dropout_sweep_equals_separate_runs(use_small_dataset, tmp_path):
-  # (0.0, 0.3): its first layer is on in the program (another member uses it) at rate 0.
-  rates = [(0.0, 0.3), (0.5, 0.0), (0.2, 0.2)]
-  config = small_config(num_epochs=2)
-  config.model = _two_layer_mlp((64, 32), (0.0, 0.0))
-  config.sweep.grid = f"model.dropout_rates={rates}"
+def _assert_members_equal_separate_runs(config, key, values, tmp_path):
+  """A one-key sweep of `config` is one program whose rows equal separate runs of `config`
+  with each value."""
+  config.sweep.grid = f"{key}={list(values)}"
   swept = sweep.run(config, tmp_path / "sweep", show_progress=False)
   assert swept["programs"] == [""]  # one program
-  for row, member_rates in zip(swept["rows"], rates, strict=True):
-    alone_config = small_config(num_epochs=2)
-    alone_config.model = _two_layer_mlp((64, 32), member_rates)
-    alone = train.fit(alone_config, tmp_path / str(member_rates), show_progress=False)
+  for index, (row, value) in enumerate(zip(swept["rows"], values, strict=True)):
+    alone_config = sweep.apply(config, {key: value})
+    alone_config.sweep.grid = ""
+    alone = train.fit(alone_config, tmp_path / f"alone{index}", show_progress=False)
     alone = alone["members"][0]["metrics"]
-    assert row["point"] == {"model.dropout_rates": member_rates}
+    assert row["point"] == {key: value}
     for split in ("val", "test"):
       assert row["stats"][f"{split}/loss"]["mean"] == pytest.approx(alone[split]["loss"], rel=1e-4)
       assert row["stats"][f"{split}/accuracy"]["mean"] == pytest.approx(
         alone[split]["accuracy"], abs=2e-3
       )
-  assert len({row["stats"]["val/loss"]["mean"] for row in swept["rows"]}) == 3
+  assert len({row["stats"]["val/loss"]["mean"] for row in swept["rows"]}) == len(values)
 
 
 def test_a_vmapped_learning_rate_sweep_equals_separate_runs(use_small_dataset, tmp_path):
-  rates = (0.3, 0.03, 0.003)
   config = small_config(num_epochs=2, **{"optimizer.name": "sgd", "optimizer.momentum": 0.9})
-  config.sweep.grid = "optimizer.learning_rate=" + ",".join(map(str, rates))
-  swept = sweep.run(config, tmp_path / "sweep", show_progress=False)
-  assert swept["programs"] == [""]  # one program
-  for row, rate in zip(swept["rows"], rates, strict=True):
-    alone = train.fit(
-      small_config(
-        num_epochs=2,
-        **{"optimizer.name": "sgd", "optimizer.momentum": 0.9, "optimizer.learning_rate": rate},
-      ),
-      tmp_path / str(rate),
-      show_progress=False,
-    )["members"][0]["metrics"]
-    assert row["point"] == {"optimizer.learning_rate": rate}
-    for split in ("val", "test"):
-      assert row["stats"][f"{split}/loss"]["mean"] == pytest.approx(alone[split]["loss"], rel=1e-4)
-      assert row["stats"][f"{split}/accuracy"]["mean"] == pytest.approx(
-        alone[split]["accuracy"], abs=2e-3
-      )
-  losses = [row["stats"]["val/loss"]["mean"] for row in swept["rows"]]
-  assert len(set(losses)) == 3
+  _assert_members_equal_separate_runs(
+    config, "optimizer.learning_rate", (0.3, 0.03, 0.003), tmp_path
+  )
+
+
+def test_a_vmapped_dropout_sweep_equals_separate_runs(use_small_dataset, tmp_path):
+  # (0.0, 0.3): its first layer is on in the program (another member uses it) at rate 0.
+  config = small_config(num_epochs=2)
+  config.model = _two_layer_mlp((64, 32), (0.0, 0.0))
+  rates = ((0.0, 0.3), (0.5, 0.0), (0.2, 0.2))
+  _assert_members_equal_separate_runs(config, "model.dropout_rates", rates, tmp_path)
+
+
+def test_a_vmapped_sgd_weight_decay_sweep_equals_separate_runs(use_small_dataset, tmp_path):
+  # Weight decay 0 is compiled in for that member (another uses decay), at 0.
+  config = small_config(num_epochs=2, **{"optimizer.name": "sgd", "optimizer.momentum": 0.9})
+  config.optimizer.learning_rate = 0.1
+  _assert_members_equal_separate_runs(config, "optimizer.weight_decay", (0.0, 0.05), tmp_path)
 
 
 def test_a_sweep_writes_its_table_plots_and_survives_a_diverging_member(
