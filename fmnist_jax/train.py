@@ -16,6 +16,7 @@ Everything that runs per example is a pure function of
 """
 
 import dataclasses
+import json
 import math
 import pathlib
 import sys
@@ -464,14 +465,17 @@ class Trainer:
 
   def init_state(self, members: "Members") -> TrainState:
     """The members' stacked initial state; member m's is a single run's with its seed."""
-    rates = [
-      self.member_dropout_rates(members.model_overrides(index)) for index in range(len(members))
-    ]
-    return self.init_members(
-      members.init_keys(),
-      members.stacked_optimizer_hyperparams(),
-      jax.tree.map(lambda *values: jnp.stack(values), *rates),
-    )
+    overrides = [members.model_overrides(index) for index in range(len(members))]
+    rates = None  # the config's, as init builds them
+    if any(overrides):
+      by_overrides = {}
+      for member_overrides in overrides:
+        key = json.dumps(member_overrides, sort_keys=True)
+        if key not in by_overrides:
+          by_overrides[key] = self.member_dropout_rates(member_overrides)
+      stacked = [by_overrides[json.dumps(o, sort_keys=True)] for o in overrides]
+      rates = jax.tree.map(lambda *values: jnp.stack(values), *stacked)
+    return self.init_members(members.init_keys(), members.stacked_optimizer_hyperparams(), rates)
 
   def model(self, state: TrainState, train: bool = False) -> nnx.Module:
     """A stateful module view of one member's `state` (for inspection, export, plotting)."""
