@@ -87,8 +87,9 @@ def get_config() -> ConfigDict:
   pre.loss = "mse"  # "mse" or "binary_crossentropy" between input and reconstruction
 
   # A hyperparameter sweep (fmnist_jax/sweep.py): "KEY=V1,V2; KEY2=..." axes, each point
-  # trained with num_seeds seeds. Optimizer hyperparameters and dropout rates share one
-  # vmapped program; other keys run one program per value, in <workdir>/<key>-<value>/.
+  # trained with num_seeds seeds. Optimizer hyperparameters, dropout rates and label
+  # smoothing share one vmapped program; other keys run one program per value, in
+  # <workdir>/<key>-<value>/.
   config.sweep = sweep = ConfigDict()
   sweep.grid = ""  # every combination of the axes
   sweep.zip = ""  # axes paired element by element (equal lengths), times the grid

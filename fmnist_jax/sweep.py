@@ -11,14 +11,14 @@ Python list for values that contain commas. `grid` takes every combination,
 with every zip point. Each point trains `config.num_seeds` seeds.
 
 Points that differ only in optimizer hyperparameters (learning rate, momentum,
-Adam's b1/b2/eps, weight decay: `train.OPTIMIZER_HYPERPARAMS`) and dropout rates
-(`models.DROPOUT_KEYS`) train together as members of one vmapped program. Any
-other key (units, depth, activation, batch size, ...) changes the compiled
-program, so each of its
-values runs as a separate program in `<workdir>/<key>-<value>/`, driven by the
-same declaration. The sweep then writes sweep.csv, sweep.md and sweep.png (the
-swept metric, mean +- std over seeds, against the first swept key) and
-sweep_curves.png (the metric per epoch for every point) into the workdir.
+Adam's b1/b2/eps, weight decay: `train.OPTIMIZER_HYPERPARAMS`), dropout rates
+(`models.DROPOUT_KEYS`) and label smoothing train together as members of one
+vmapped program. Any other key (units, depth, activation, batch size, ...)
+changes the compiled program, so each of its values runs as a separate program
+in `<workdir>/<key>-<value>/`, driven by the same declaration. The sweep then
+writes sweep.csv, sweep.md and sweep.png (the swept metric, mean +- std over
+seeds, against the first swept key) and sweep_curves.png (the metric per epoch
+for every point) into the workdir.
 """
 
 import ast
@@ -158,8 +158,9 @@ def programs(config: ConfigDict) -> list[Program]:
   result = []
   for structural, group_points in groups.values():
     program_config = apply(config, structural)
-    # A dropout layer, or SGD's weight decay, is compiled in where any member uses it
-    # (each member's own value, possibly 0, is in its state): the program takes the largest.
+    # A dropout layer, SGD's weight decay or label smoothing is compiled in where any member
+    # uses it (each member's own value, possibly 0, is in its state): the program takes the
+    # largest.
     gating = sorted({k for point in group_points for k in point if k in _GATING_KEYS})
     program_config = apply(
       program_config,
@@ -169,12 +170,13 @@ def programs(config: ConfigDict) -> list[Program]:
       },
     )
     optimizer_names = train.optimizer_hyperparams(program_config.optimizer)
-    swept_model_keys = sorted(
+    # Vmapped keys outside optax's state: dropout rates, label smoothing.
+    swept_state_keys = sorted(
       {
         k
         for p in group_points
         for k in p
-        if k.startswith("model.") and train.is_vmappable(config, k)
+        if not k.startswith("optimizer.") and train.is_vmappable(config, k)
       }
     )
     seeds, member_points, hyperparams = [], [], {}
@@ -183,8 +185,8 @@ def programs(config: ConfigDict) -> list[Program]:
       point_hyperparams = {
         f"optimizer.{name}": float(point_config.optimizer[name]) for name in optimizer_names
       }
-      for key in swept_model_keys:
-        point_hyperparams[key] = point_config.model[key.removeprefix("model.")]
+      for key in swept_state_keys:
+        point_hyperparams[key] = _value(point_config, key)
       for index in range(config.num_seeds):
         seeds.append(config.seed + index)
         member_points.append(point)
@@ -263,8 +265,13 @@ def _best(rows: list[dict], metric: str) -> dict | None:
   return min(scored, key=lambda row: sign * row["stats"][metric]["mean"])["point"]
 
 
-# Keys whose non-zero value compiles something in (a dropout layer, SGD's weight decay).
-_GATING_KEYS = ("optimizer.weight_decay", *(f"model.{key}" for key in models.DROPOUT_KEYS))
+# Keys whose non-zero value compiles something in (a dropout layer, SGD's weight decay,
+# label smoothing).
+_GATING_KEYS = (
+  "optimizer.weight_decay",
+  "label_smoothing",
+  *(f"model.{key}" for key in models.DROPOUT_KEYS),
+)
 
 
 def _value(config: ConfigDict, key: str):

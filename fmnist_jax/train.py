@@ -55,7 +55,8 @@ _TRAIN_STREAM, _PRETRAIN_STREAM = 0, 1
 
 @flax.struct.dataclass
 class SavedState:
-  """A TrainState as checkpoints hold it: without the dropout rates, which are config."""
+  """A TrainState as checkpoints hold it: without the configuration (dropout rates, label
+  smoothing)."""
 
   step: jax.Array
   params: nnx.State
@@ -69,15 +70,17 @@ class TrainState:
   params: nnx.State  # trainable
   model_state: nnx.State  # everything else: batch-norm statistics
   opt_state: optax.OptState
-  # Each Dropout layer's rate (layers.DropoutRate): configuration, per member when swept.
-  # Not checkpointed: a resume takes it from the config.
+  # Configuration that members of one program may differ in, outside optax's state:
+  # each Dropout layer's rate (layers.DropoutRate) and the label smoothing (None: off,
+  # not compiled in). Not checkpointed: a resume takes them from the config.
   dropout_rates: nnx.State | None = None
+  label_smoothing: jax.Array | None = None
 
   def checkpointed(self) -> SavedState:
     return SavedState(self.step, self.params, self.model_state, self.opt_state)
 
   def restored(self, saved: SavedState) -> "TrainState":
-    """`saved` (restored from a checkpoint of this state) with this state's dropout rates."""
+    """`saved` (restored from a checkpoint of this state) with this state's configuration."""
     return self.replace(
       step=saved.step, params=saved.params, model_state=saved.model_state, opt_state=saved.opt_state
     )
@@ -153,7 +156,7 @@ def is_vmappable(config: ConfigDict, key: str) -> bool:
   section, _, name = key.partition(".")
   if section == "optimizer":
     return name in OPTIMIZER_HYPERPARAMS[config.optimizer.name]
-  return section == "model" and name in models.DROPOUT_KEYS
+  return (section == "model" and name in models.DROPOUT_KEYS) or key == "label_smoothing"
 
 
 def optimizer_hyperparams(opt_config: ConfigDict) -> tuple[str, ...]:
@@ -263,12 +266,13 @@ def _masked_mean(values_B, weights_B):
   return (values_B * weights_B).sum() / jnp.maximum(weights_B.sum(), 1.0)
 
 
-def classification_loss(model, images, labels, weights, rngs, label_smoothing: float = 0.0):
+def classification_loss(model, images, labels, weights, rngs, label_smoothing=None):
   """Masked mean softmax cross-entropy (against labels smoothed by `label_smoothing`,
-  as Keras' CategoricalCrossentropy); aux = number of correct predictions."""
+  as Keras' CategoricalCrossentropy; None: plain labels); aux = number of correct
+  predictions."""
   # The loss in float32 whatever the layers compute in (config.compute_dtype).
   logits = model(images, rngs=rngs).astype(jnp.float32)
-  if label_smoothing:
+  if label_smoothing is not None:
     targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
     losses = optax.softmax_cross_entropy(logits, targets)
   else:
@@ -280,8 +284,8 @@ def classification_loss(model, images, labels, weights, rngs, label_smoothing: f
 def reconstruction_loss(kind: str):
   """Pre-training loss between the (0-1 scaled) input and the autoencoder's output."""
 
-  def loss_fn(model, images, labels, weights, rngs):
-    del labels, rngs
+  def loss_fn(model, images, labels, weights, rngs, label_smoothing):
+    del labels, rngs, label_smoothing
     reconstruction = model.reconstruct(images).astype(jnp.float32)
     if kind == "mse":
       per_pixel = (reconstruction - images) ** 2
@@ -342,7 +346,8 @@ class Trainer:
   train_epoch: Callable  # (state, images, labels, key) -> state, {"loss", "correct", "count"}
   evaluate: Callable  # (state, images, labels) -> (confusion matrix, loss sum)
   predict: Callable  # (state, images) -> logits
-  # (keys[M], {name: values[M]}, dropout rates[M] or None: the config's) -> stacked TrainState
+  # (keys[M], {name: values[M]}, [dropout rates[M], label smoothing[M]]; None: the config's)
+  # -> stacked TrainState
   init_members: Callable
   member_dropout_rates: Callable  # ({"model.<key>": value}) -> DropoutRate state
   init_optimizer_members: Callable  # (params[M], {name: values[M]}) -> fresh opt_state[M]
@@ -384,19 +389,22 @@ class Trainer:
     tx = make_tx()
     preprocess = data.make_preprocess(config.data.preprocessing, train_images)
     if loss_fn is None:
-      loss_fn = partial(classification_loss, label_smoothing=config.label_smoothing)
+      loss_fn = classification_loss
 
     def init_optimizer(params, hyperparams=None):
       return make_tx(**(hyperparams or {})).init(params)
 
-    def init(key, hyperparams=None, dropout_rates=None) -> TrainState:
+    def init(key, hyperparams=None, dropout_rates=None, label_smoothing=None) -> TrainState:
       _, params, rates, model_state = nnx.split(build(key), nnx.Param, layers.DropoutRate, ...)
+      if label_smoothing is None and config.label_smoothing:
+        label_smoothing = jnp.float32(config.label_smoothing)
       return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         model_state=model_state,
         opt_state=init_optimizer(params, hyperparams),
         dropout_rates=rates if dropout_rates is None else dropout_rates,
+        label_smoothing=label_smoothing,
       )
 
     def member_dropout_rates(overrides: dict[str, Any]) -> nnx.State:
@@ -429,10 +437,10 @@ class Trainer:
     def over(fn, in_axes):
       return _over_members(fn, in_axes, num_members)
 
-    init_each = over(init, (0, 0, 0))
+    init_each = over(init, (0, 0, 0, 0))
 
-    def init_members(keys_M, hyperparams_M, dropout_rates_M=None):
-      return init_each(keys_M, hyperparams_M, dropout_rates_M)
+    def init_members(keys_M, hyperparams_M, dropout_rates_M=None, label_smoothing_M=None):
+      return init_each(keys_M, hyperparams_M, dropout_rates_M, label_smoothing_M)
 
     def train_members(state, active_M, images, labels, keys_M):
       new_state, step_metrics = over(train_epoch, (0, None, None, 0))(state, images, labels, keys_M)
@@ -475,7 +483,13 @@ class Trainer:
           by_overrides[key] = self.member_dropout_rates(member_overrides)
       stacked = [by_overrides[json.dumps(o, sort_keys=True)] for o in overrides]
       rates = jax.tree.map(lambda *values: jnp.stack(values), *stacked)
-    return self.init_members(members.init_keys(), members.stacked_optimizer_hyperparams(), rates)
+    smoothing = members.hyperparams.get("label_smoothing")
+    return self.init_members(
+      members.init_keys(),
+      members.stacked_optimizer_hyperparams(),
+      rates,
+      None if smoothing is None else jnp.asarray(smoothing, jnp.float32),
+    )
 
   def model(self, state: TrainState, train: bool = False) -> nnx.Module:
     """A stateful module view of one member's `state` (for inspection, export, plotting)."""
@@ -525,7 +539,9 @@ def make_train_epoch(
     def objective(params):
       # copy=True: fresh Variables at this trace level, so BatchNorm may update its statistics.
       model = nnx.merge(graphdef, params, state.dropout_rates, state.model_state, copy=True)
-      loss, correct = loss_fn(model, preprocess(images), labels, weights, nnx.Rngs(dropout=key))
+      loss, correct = loss_fn(
+        model, preprocess(images), labels, weights, nnx.Rngs(dropout=key), state.label_smoothing
+      )
       return loss, (correct, nnx.state(model, _MODEL_STATE))
 
     (loss, (correct, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
@@ -630,8 +646,8 @@ class Members:
   """The models one program trains together: each one's seed and hyperparameters.
 
   `hyperparams` maps dotted config keys to one value per member: the optimizer's
-  (`OPTIMIZER_HYPERPARAMS`, in optax's state) and the model's dropout rates
-  (`models.DROPOUT_KEYS`, in `TrainState.dropout_rates`).
+  (`OPTIMIZER_HYPERPARAMS`, in optax's state), the model's dropout rates
+  (`models.DROPOUT_KEYS`, in `TrainState.dropout_rates`) and `label_smoothing`.
   """
 
   seeds: tuple[int, ...]

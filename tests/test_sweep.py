@@ -122,6 +122,12 @@ def test_a_vmapped_sgd_weight_decay_sweep_equals_separate_runs(use_small_dataset
   _assert_members_equal_separate_runs(config, "optimizer.weight_decay", (0.0, 0.05), tmp_path)
 
 
+def test_a_vmapped_label_smoothing_sweep_equals_separate_runs(use_small_dataset, tmp_path):
+  # Smoothing 0 is compiled in for that member (another smooths), at 0.
+  config = small_config(num_epochs=2)
+  _assert_members_equal_separate_runs(config, "label_smoothing", (0.0, 0.2), tmp_path)
+
+
 def test_a_sweep_writes_its_table_plots_and_survives_a_diverging_member(
   use_small_dataset, tmp_path
 ):
