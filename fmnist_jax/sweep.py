@@ -367,7 +367,10 @@ def _plot(workdir: pathlib.Path, sweep_results: dict, histories: dict):
   for row in rows:
     label = ", ".join(f"{k}={metrics.format_value(row['point'][k])}" for k in other_keys)
     series.setdefault(label, []).append(row)
-  numeric = all(isinstance(row["point"][x_key], int | float) for row in rows)
+  numeric = all(
+    isinstance(row["point"][x_key], int | float) and not isinstance(row["point"][x_key], bool)
+    for row in rows
+  )
   for label, series_rows in series.items():
     series_rows = [row for row in series_rows if metric in row["stats"]]
     if numeric:
