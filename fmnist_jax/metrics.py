@@ -12,6 +12,7 @@ macro averages are unweighted means over all `num_classes` classes (the F1 macro
 is the mean of per-class F1, not the F1 of macro precision and recall).
 """
 
+import re
 from collections.abc import Mapping, Sequence
 from numbers import Real
 from typing import Any
@@ -358,6 +359,11 @@ def format_value(value) -> str:
   if isinstance(value, tuple | list):
     return "(" + ", ".join(map(format_value, value)) + ("," if len(value) == 1 else "") + ")"
   return str(value)
+
+
+def name_safe(value) -> str:
+  """A config value as part of a file name: (0.2, 0.4) -> "0.2-0.4", 1e-05 -> "1e-05"."""
+  return re.sub(r"[^A-Za-z0-9.]+", "-", format_value(value)).strip("-")
 
 
 def format_members_table(members: Sequence[Mapping[str, Any]], swept: Sequence[str] = ()) -> str:

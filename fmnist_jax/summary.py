@@ -17,7 +17,6 @@ small, and needs neither TensorFlow nor PyTorch.
 
 import json
 import pathlib
-import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,15 +25,12 @@ from ml_collections import ConfigDict
 from fmnist_jax import checkpoint, metrics
 
 
-def _name_safe(value) -> str:
-  return re.sub(r"[^A-Za-z0-9.+-]+", "-", metrics.format_value(value)).strip("-")
-
-
 def member_names(seeds: Sequence[int], hyperparams: list[dict]) -> list[str]:
   """One directory name per member: its seed, plus its hyperparameters where they differ."""
   varying = [key for key in hyperparams[0] if len({h[key] for h in hyperparams}) > 1]
   return [
-    f"seed{seed}" + "".join(f"_{key.rpartition('.')[2]}={_name_safe(h[key])}" for key in varying)
+    f"seed{seed}"
+    + "".join(f"_{key.rpartition('.')[2]}={metrics.name_safe(h[key])}" for key in varying)
     for seed, h in zip(seeds, hyperparams, strict=True)
   ]
 

@@ -30,7 +30,6 @@ import itertools
 import json
 import math
 import pathlib
-import re
 from typing import Any
 
 import numpy as np
@@ -141,8 +140,7 @@ def _slug(overrides: dict[str, Any]) -> str:
   -> "hidden_sizes-300-100_activation-tanh"."""
   parts = []
   for key, value in overrides.items():
-    text = re.sub(r"[^A-Za-z0-9.]+", "-", metrics.format_value(value)).strip("-")
-    parts.append(f"{key.rpartition('.')[2]}-{text}")
+    parts.append(f"{key.rpartition('.')[2]}-{metrics.name_safe(value)}")
   return "_".join(parts) or "default"
 
 
@@ -164,10 +162,7 @@ def programs(config: ConfigDict) -> list[Program]:
     gating = sorted({k for point in group_points for k in point if k in _GATING_KEYS})
     program_config = apply(
       program_config,
-      {
-        key: _largest([_value(apply(program_config, p), key) for p in group_points])
-        for key in gating
-      },
+      {key: _largest([point[key] for point in group_points]) for key in gating},
     )
     optimizer_names = train.optimizer_hyperparams(program_config.optimizer)
     # Vmapped keys outside optax's state: dropout rates, label smoothing.

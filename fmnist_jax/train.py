@@ -16,7 +16,6 @@ Everything that runs per example is a pure function of
 """
 
 import dataclasses
-import json
 import math
 import pathlib
 import sys
@@ -473,16 +472,11 @@ class Trainer:
 
   def init_state(self, members: "Members") -> TrainState:
     """The members' stacked initial state; member m's is a single run's with its seed."""
-    overrides = [members.model_overrides(index) for index in range(len(members))]
+    overrides = [tuple(sorted(members.model_overrides(i).items())) for i in range(len(members))]
     rates = None  # the config's, as init builds them
-    if any(overrides):
-      by_overrides = {}
-      for member_overrides in overrides:
-        key = json.dumps(member_overrides, sort_keys=True)
-        if key not in by_overrides:
-          by_overrides[key] = self.member_dropout_rates(member_overrides)
-      stacked = [by_overrides[json.dumps(o, sort_keys=True)] for o in overrides]
-      rates = jax.tree.map(lambda *values: jnp.stack(values), *stacked)
+    if any(overrides):  # each distinct model config built once
+      by_overrides = {o: self.member_dropout_rates(dict(o)) for o in set(overrides)}
+      rates = jax.tree.map(lambda *values: jnp.stack(values), *(by_overrides[o] for o in overrides))
     smoothing = members.hyperparams.get("label_smoothing")
     return self.init_members(
       members.init_keys(),
