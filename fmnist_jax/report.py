@@ -4,12 +4,15 @@
   python -m fmnist_jax.report runs/ --out=/tmp/r    # elsewhere
 
 Every workdir under the directory (a run, an ensemble, a sweep) is read from its
-config.json and results.json; nothing is recomputed. Each run is matched to the
+config.json and results.json (or the ensemble.json of `python -m fmnist_jax.runs
+--out=...`); nothing is recomputed. Each run is matched to the
 config file it came from (configs/*.py, ignoring seed and num_seeds; any other
 difference is named, e.g. `cnn (model.batch_norm=False)`), and the runs of one
 config are pooled across workdirs, so `runs/cnn` and `runs/cnn_seed1` give one row
 with mean +- std over both seeds, next to the study's reported number
-(`REPORTED` in the config file). The Markdown links the runs' figures; the HTML
+(`REPORTED` in the config file). Ensembles pool the same way: every ensemble of
+the same member configs is one row, so B6's seed pairs from `runs/cnn_ensemble`
+and `runs/cnn_ensemble_seed1` give one mean +- std. The Markdown links the runs' figures; the HTML
 embeds them (one self-contained file to mail or attach).
 """
 
@@ -90,17 +93,30 @@ def identify(saved: dict, configs: dict) -> tuple[str | None, list[str]]:
   return name, [f"{key}={_flat_value(saved, key)!r}" for key in differences]
 
 
+def _label(name: str | None, overrides: list[str], fallback: str) -> str:
+  """How a table names an experiment: its config file and any overrides."""
+  return (name or fallback) + (f" ({', '.join(overrides)})" if overrides else "")
+
+
 def find_workdirs(root: pathlib.Path) -> tuple[list, list, list]:
-  """(runs, ensembles, sweeps) under `root`: directories with results.json or sweep.json.
-  A sweep's programs are part of the sweep, not runs of their own."""
+  """(runs, ensembles, sweeps) under `root`: directories with results.json, ensemble.json
+  or sweep.json. A sweep's programs are part of the sweep, not runs of their own."""
   runs, ensembles, sweeps = [], [], []
   sweep_dirs = sorted(p.parent for p in root.rglob("sweep.json"))
+
+  def in_sweep(workdir: pathlib.Path) -> bool:
+    return any(s == workdir or s in workdir.parents for s in sweep_dirs)
+
   for results_path in sorted(root.rglob("results.json")):
     workdir = results_path.parent
-    if any(s in workdir.parents for s in sweep_dirs) or not (workdir / "config.json").exists():
+    if in_sweep(workdir) or not (workdir / "config.json").exists():
       continue
     results = json.loads(results_path.read_text())
     (ensembles if "pairs" in results else runs).append((workdir, results))
+  for ensemble_path in sorted(root.rglob("ensemble.json")):
+    if not in_sweep(ensemble_path.parent):
+      ensembles.append((ensemble_path.parent, json.loads(ensemble_path.read_text())))
+  ensembles.sort(key=lambda item: item[0])
   for workdir in sweep_dirs:
     sweeps.append((workdir, json.loads((workdir / "sweep.json").read_text())))
   return runs, ensembles, sweeps
@@ -111,7 +127,7 @@ def pool_runs(runs, configs) -> list[Experiment]:
   for workdir, results in runs:
     saved = json.loads((workdir / "config.json").read_text())
     name, overrides = identify(saved, configs)
-    label = (name or workdir.name) + (f" ({', '.join(overrides)})" if overrides else "")
+    label = _label(name, overrides, workdir.name)
     reported = configs[name][1] if name and not overrides else None
     experiment = experiments.setdefault(label, Experiment(label, name, reported))
     experiment.workdirs.append(workdir)
@@ -212,42 +228,85 @@ RESULTS_HEADER = [
 ]
 
 
-def ensemble_rows(ensembles, configs) -> list[list[str]]:
-  rows = []
+@dataclass
+class EnsembleGroup:
+  """Every scored ensemble of the same member configs, pooled (B6's seed pairs: one row)."""
+
+  members: tuple[str, ...]  # the member runs' labels, e.g. ("cnn", "resnet")
+  reported: dict | None
+  workdirs: list[pathlib.Path] = field(default_factory=list)
+  scores: dict[tuple, dict] = field(default_factory=dict)  # by member names; per split metrics
+
+
+def _member_label(path: str, ensemble_dir: pathlib.Path, root: pathlib.Path, configs) -> str:
+  """The label of the run an ensemble read from `path` (as written, maybe relative to the
+  directory the ensemble ran in)."""
+  name = pathlib.PurePath(path).name
+  for candidate in (pathlib.Path(path), ensemble_dir.parent / name, root / name):
+    if (candidate / "config.json").exists():
+      saved = json.loads((candidate / "config.json").read_text())
+      return _label(*identify(saved, configs), fallback=name)
+  return name
+
+
+def pool_ensembles(ensembles, configs, root: pathlib.Path) -> list[EnsembleGroup]:
+  """Ensembles grouped by their member configs; each distinct set of member runs counts once
+  (an ensemble config scores one per seed pair; `python -m fmnist_jax.runs` one in all)."""
+  by_members = {
+    tuple(candidate.get("ensemble", {}).get("members", ())): reported
+    for candidate, reported in configs.values()
+    if reported and candidate.get("ensemble", {}).get("members")
+  }
+  groups: dict[tuple, EnsembleGroup] = {}
   for workdir, result in ensembles:
-    saved = json.loads((workdir / "config.json").read_text())
-    name, overrides = identify(saved, configs)
-    reported = configs[name][1] if name and not overrides else None
-    summary = result["ensemble_summary"]
-    test = summary["test"]["accuracy"]
-    reported_accuracy = (reported or {}).get("test_accuracy")
+    members = tuple(_member_label(w, workdir, root, configs) for w in result["workdirs"])
+    group = groups.setdefault(members, EnsembleGroup(members, by_members.get(members)))
+    group.workdirs.append(workdir)
+    if "pairs" in result:
+      scored = [(pair["members"], pair["rules"]) for pair in result["pairs"]]
+    else:
+      scored = [(result["member_names"], result["rules"])]
+    for names, rules in scored:
+      group.scores.setdefault(tuple(names), rules["softmax_sum"])
+  return sorted(
+    groups.values(),
+    key=lambda g: (g.reported is None, (g.reported or {}).get("row", ""), g.members),
+  )
+
+
+def ensemble_rows(groups: list[EnsembleGroup]) -> list[list[str]]:
+  rows = []
+  for group in groups:
+    scores = list(group.scores.values())
+    accuracy = {s: [score[s]["accuracy"] for score in scores if s in score] for s in SPLITS}
+    reported = (group.reported or {}).get("test_accuracy")
+    mean_test = float(np.mean(accuracy["test"]))
     rows.append(
       [
-        (reported or {}).get("row", ""),
-        workdir.name,
-        " + ".join(result["run_summaries"]),
-        str(len(result["pairs"])),
-        " / ".join(f"{summary[s]['accuracy']['mean']:.4f}" for s in SPLITS if s in summary),
-        f"**{test['mean']:.4f}"
-        + (f" +- {test['std']:.4f}**" if len(result["pairs"]) > 1 else "**"),
-        f"{summary['test']['f1_macro']['mean']:.4f}",
-        "" if reported_accuracy is None else f"{reported_accuracy:.4f}",
-        "" if reported_accuracy is None else f"{test['mean'] - reported_accuracy:+.4f}",
+        (group.reported or {}).get("row", ""),
+        " + ".join(group.members),
+        str(len(scores)),
+        " / ".join(mean_std(accuracy[s]) for s in SPLITS if accuracy[s]),
+        f"**{mean_std(accuracy['test'])}**",
+        mean_std([score["test"]["f1_macro"] for score in scores]),
+        "" if reported is None else f"{reported:.4f}",
+        "" if reported is None else f"{mean_test - reported:+.4f}",
+        ", ".join(w.name for w in group.workdirs),
       ]
     )
-  return sorted(rows, key=lambda row: (row[0] == "", row[0], row[1]))
+  return rows
 
 
 ENSEMBLE_HEADER = [
   "Row",
-  "Workdir",
   "Members",
-  "Seed pairs",
+  "Ensembles",
   "Accuracy train / val / test",
   "Test accuracy",
   "Test F1",
   "Reported",
   "Difference",
+  "Workdirs",
 ]
 
 
@@ -322,7 +381,7 @@ def build(root: pathlib.Path, out: pathlib.Path) -> tuple[str, str]:
   runs, ensembles, sweeps = find_workdirs(root)
   experiments = pool_runs(runs, configs)
   results = results_rows(experiments)
-  ensemble_table = ensemble_rows(ensembles, configs)
+  ensemble_table = ensemble_rows(pool_ensembles(ensembles, configs, root))
   sweep_table = sweep_rows(sweeps, root)
   stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
   intro = (

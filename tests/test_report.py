@@ -75,6 +75,63 @@ def test_runs_of_one_config_pool_over_seeds_beside_the_reported_number(runs_dir,
   assert "![Test confusion matrix](../runs/cnn/confusion.png)" in markdown
 
 
+def scores(test_accuracy: float) -> dict:
+  """An ensemble's softmax-sum metrics on each split (train and val fixed)."""
+  accuracies = zip(SPLITS, (0.98, 0.94, test_accuracy), strict=True)
+  return {"softmax_sum": {s: {"accuracy": a, "f1_macro": a - 0.001} for s, a in accuracies}}
+
+
+def test_ensembles_of_the_same_member_configs_pool_into_one_row(runs_dir, tmp_path):
+  write_run(runs_dir / "resnet", cli.load_config("resnet"), {0: 0.9321})
+  # B6 by its config: one pair, member paths as written from the directory it ran in.
+  ensemble_config = cli.load_config("cnn_ensemble")
+  (runs_dir / "cnn_ensemble").mkdir()
+  (runs_dir / "cnn_ensemble" / "config.json").write_text(checkpoint.config_json(ensemble_config))
+  pair = {"members": ["cnn/seed0", "resnet/seed0"], "rules": scores(0.9345)}
+  results = {"workdirs": ["elsewhere/cnn", "elsewhere/resnet"], "pairs": [pair]}
+  (runs_dir / "cnn_ensemble" / "results.json").write_text(json.dumps(results))
+
+  def write_ensemble(name, workdirs, member_names, test_accuracy):
+    (runs_dir / name).mkdir()
+    result = {"workdirs": [str(runs_dir / w) for w in workdirs], "member_names": member_names}
+    (runs_dir / name / "ensemble.json").write_text(
+      json.dumps(result | {"rules": scores(test_accuracy)})
+    )
+
+  # The next pair by `python -m fmnist_jax.runs ... --out=`, the first pair again (counted
+  # once), and an ensemble with a different member config (its own row).
+  write_ensemble(
+    "cnn_ensemble_seed1", ["cnn_seed1", "resnet"], ["cnn_seed1/seed1", "resnet/seed0"], 0.9371
+  )
+  write_ensemble("again", ["cnn", "resnet"], ["cnn/seed0", "resnet/seed0"], 0.9345)
+  write_ensemble(
+    "cnn_ensemble_nobn", ["cnn_nobn", "resnet"], ["cnn_nobn/seed0", "resnet/seed0"], 0.9341
+  )
+
+  markdown, _ = report.build(runs_dir, tmp_path / "out")
+  cells = row_of(markdown, "cnn + resnet")
+  expected = np.array([0.9345, 0.9371])
+  assert cells[0] == "B6 B4 + B5 ensemble" and cells[2] == "2"
+  assert cells[4] == f"**{expected.mean():.4f} +- {expected.std(ddof=1):.4f}**"
+  assert cells[6] == "0.9344" and cells[7] == f"{expected.mean() - 0.9344:+.4f}"
+  assert cells[8] == "again, cnn_ensemble, cnn_ensemble_seed1"
+  cells = row_of(markdown, "cnn (model.batch_norm=False) + resnet")
+  assert cells[0] == "" and cells[2] == "1" and cells[4] == "**0.9341**" and cells[6] == ""
+
+
+def test_a_single_program_sweep_is_a_sweep_not_a_run(runs_dir, tmp_path):
+  sweep_dir = runs_dir / "study_one_hidden_dropout"
+  mlp = cli.load_config("mlp_1hidden")
+  mlp.optimizer.learning_rate = 1e-3
+  write_run(sweep_dir, mlp, {0: 0.8873})
+  (sweep_dir / "sweep.json").write_text(
+    json.dumps({"swept": ["optimizer.learning_rate"], "rows": []})
+  )
+  markdown, _ = report.build(runs_dir, tmp_path / "out")
+  assert "(optimizer.learning_rate=0.001)" not in markdown
+  assert "| study_one_hidden_dropout | optimizer.learning_rate | 0 |" in markdown
+
+
 def test_durations_read_as_a_person_would_write_them():
   assert [report.duration(s) for s in (4.4, 586.2, 3599.6, 7380)] == [
     "4 s",
