@@ -102,37 +102,46 @@ def resolve_conv_impl(impl: str) -> str:
   return impl
 
 
-def _same_padding(kernel_size: int) -> tuple[int, int]:
-  # Matches XLA/Keras "SAME" for stride 1: the extra row goes after.
-  total = kernel_size - 1
+def _same_padding(size: int, kernel_size: int, stride: int = 1) -> tuple[int, int]:
+  # XLA/Keras "SAME": ceil(size / stride) outputs; the odd extra row goes after.
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel_size - size, 0)
   return total // 2, total - total // 2
 
 
-def _im2col_conv(x_BxHxWxC, kernel_KhxKwxCxF, padding):
-  """Stride-1 convolution as one matmul over the kh*kw shifted input slices."""
+def _im2col_conv(x_BxHxWxC, kernel_KhxKwxCxF, padding, strides=(1, 1)):
+  """Undilated convolution as one matmul over the kh*kw shifted (strided) input slices."""
   kh, kw, _, features = kernel_KhxKwxCxF.shape
+  sh, sw = strides
   if padding == "SAME":
-    x_BxHxWxC = jnp.pad(x_BxHxWxC, ((0, 0), _same_padding(kh), _same_padding(kw), (0, 0)))
+    _, height, width, _ = x_BxHxWxC.shape
+    pads = (_same_padding(height, kh, sh), _same_padding(width, kw, sw))
+    x_BxHxWxC = jnp.pad(x_BxHxWxC, ((0, 0), *pads, (0, 0)))
   elif padding != "VALID":  # explicit ((lo, hi), (lo, hi)) pairs
     x_BxHxWxC = jnp.pad(x_BxHxWxC, ((0, 0), *padding, (0, 0)))
   _, height, width, _ = x_BxHxWxC.shape
-  out_h, out_w = height - kh + 1, width - kw + 1
+  out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
   # Slice order (i, j) outer and channels inner matches the HWIO kernel's reshape.
   patches = jnp.concatenate(
-    [x_BxHxWxC[:, i : i + out_h, j : j + out_w, :] for i in range(kh) for j in range(kw)],
+    [
+      x_BxHxWxC[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :]
+      for i in range(kh)
+      for j in range(kw)
+    ],
     axis=-1,
   )
   return patches @ kernel_KhxKwxCxF.reshape(-1, features)
 
 
 class Conv(nnx.Conv):
-  """`nnx.Conv` with an im2col path for stride-1, undilated, ungrouped convolutions."""
+  """`nnx.Conv` with an im2col path for undilated, ungrouped convolutions (any stride)."""
 
   def __init__(
     self,
     in_features: int,
     out_features: int,
     kernel_size: Sequence[int] = (3, 3),
+    strides: int = 1,
     *,
     padding: str = "SAME",
     impl: str = "auto",
@@ -142,7 +151,13 @@ class Conv(nnx.Conv):
     kwargs.setdefault("kernel_init", KERNEL_INIT)
     kwargs.setdefault("bias_init", BIAS_INIT)
     super().__init__(
-      in_features, out_features, tuple(kernel_size), padding=padding, rngs=rngs, **kwargs
+      in_features,
+      out_features,
+      tuple(kernel_size),
+      (strides, strides),
+      padding=padding,
+      rngs=rngs,
+      **kwargs,
     )
     resolve_conv_impl(impl)  # fail early on a bad name
     self.impl = impl
@@ -152,7 +167,7 @@ class Conv(nnx.Conv):
       return super().__call__(x)
     bias = self.bias[...] if self.bias is not None else None
     x, kernel, bias = self.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
-    y = _im2col_conv(x, kernel, self.padding)
+    y = _im2col_conv(x, kernel, self.padding, self.strides)
     return y + bias if bias is not None else y
 
 
@@ -248,8 +263,8 @@ def dense(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:
   )
 
 
-def batch_norm(features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
-  """A BatchNorm with Keras' momentum and epsilon."""
-  return nnx.BatchNorm(
-    features, momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON, rngs=rngs
-  )
+def batch_norm(
+  features: int, *, momentum: float = BATCH_NORM_MOMENTUM, rngs: nnx.Rngs
+) -> nnx.BatchNorm:
+  """A BatchNorm with Keras' epsilon and (by default) momentum."""
+  return nnx.BatchNorm(features, momentum=momentum, epsilon=BATCH_NORM_EPSILON, rngs=rngs)

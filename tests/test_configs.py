@@ -24,6 +24,7 @@ EXPECTED_PARAMS = {
   "cpu_fast": 98_666,
   "speedrun": 662_554,
   "sota": 4_623_754,
+  "sota_wrn": 10_961_082,  # WRN-16-8, see test_models' formula
   "mlp_1hidden": 784 * 512 + 512 + 512 * 10 + 10,  # 407,050
   "mlp_2hidden": 784 * 2048 + 2048 + 2048 * 512 + 512 + 512 * 10 + 10,  # 2,661,898
 }

@@ -20,18 +20,24 @@ def _dense_params(n_in, n_out):
 
 
 @pytest.mark.parametrize(
-  "cls,padding,side",
+  "cls,padding,side,extra",
   [
-    (layers.Conv, "SAME", 7),
-    (layers.Conv, "VALID", 7),
-    (layers.Conv, "SAME", 6),
-    (layers.ConvTranspose, "SAME", 7),
-    (layers.ConvTranspose, "VALID", 3),
+    (layers.Conv, "SAME", 7, {}),
+    (layers.Conv, "VALID", 7, {}),
+    (layers.Conv, "SAME", 6, {}),
+    # Strided (the wide ResNet's downsampling): odd and even sides, 3x3 and 1x1.
+    (layers.Conv, "SAME", 7, {"strides": 2}),
+    (layers.Conv, "SAME", 6, {"strides": 2}),
+    (layers.Conv, "VALID", 7, {"strides": 2}),
+    (layers.Conv, "SAME", 7, {"strides": 2, "kernel_size": (1, 1)}),
+    (layers.ConvTranspose, "SAME", 7, {}),
+    (layers.ConvTranspose, "VALID", 3, {}),
   ],
 )
-def test_im2col_matches_xla_outputs_and_gradients(cls, padding, side):
+def test_im2col_matches_xla_outputs_and_gradients(cls, padding, side, extra):
   x = jax.random.normal(jax.random.key(0), (3, side, side, 4))
-  module = cls(4, 5, (3, 3), padding=padding, impl="xla", rngs=nnx.Rngs(0))
+  extra = {"kernel_size": (3, 3), **extra}
+  module = cls(4, 5, padding=padding, impl="xla", rngs=nnx.Rngs(0), **extra)
 
   def loss(module, x):
     return jnp.sum(jnp.sin(module(x)))
@@ -115,6 +121,31 @@ def test_model_parameter_counts_match_formulas():
   assert b5(jnp.zeros((2, 28, 28))).shape == (2, 10)
 
 
+def _wide_resnet_params(depth, width, in_channels=1, num_classes=10):
+  """WRN-depth-width's parameter count, block by block (batch norm: scale and bias)."""
+  total, channels = 3 * 3 * in_channels * 16, 16
+  for group in range(3):
+    features = 16 * 2**group * width
+    for index in range((depth - 4) // 6):
+      projection = channels != features or (group > 0 and index == 0)
+      total += 2 * channels + 9 * channels * features + 2 * features + 9 * features * features
+      total += channels * features if projection else 0
+      channels = features
+  return total + 2 * channels + channels * num_classes + num_classes
+
+
+def test_wide_resnet_parameter_counts_match_the_paper():
+  # Zagoruyko and Komodakis 2016, on 3-channel CIFAR-10: WRN-40-4 8.9M, WRN-16-8 11.0M,
+  # WRN-28-10 36.5M. The formula agrees; the model (1 input channel) agrees with it.
+  for depth, width, millions in ((40, 4, 8.9), (16, 8, 11.0), (28, 10, 36.5)):
+    assert round(_wide_resnet_params(depth, width, in_channels=3) / 1e6, 1) == millions
+  for depth, width in ((10, 1), (16, 4)):
+    model = models.WideResNet(depth, width, rngs=nnx.Rngs(0))
+    assert models.count_params(model) == _wide_resnet_params(depth, width)
+  with pytest.raises(ConfigError, match="6n \\+ 4"):
+    models.WideResNet(12, 1, rngs=nnx.Rngs(0))
+
+
 @pytest.mark.parametrize(
   "name,kwargs",
   [
@@ -132,6 +163,7 @@ def test_model_parameter_counts_match_formulas():
       },
     ),
     ("resnet", {"stage_features": (8, 16), "dense_sizes": (16,), "dropout_rates": 0.1}),
+    ("wide_resnet", {"depth": 10, "width": 1, "dropout_rates": 0.3}),
   ],
 )
 def test_every_model_maps_images_to_logits_in_both_modes(name, kwargs):
