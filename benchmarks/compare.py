@@ -64,7 +64,9 @@ _PEER_PYTHON = flags.DEFINE_string(
   "peer_python", str(ROOT / ".venv-bench" / "bin" / "python"), "Python with the peers installed."
 )
 _PEAK_GFLOPS = flags.DEFINE_float(
-  "peak_gflops", 157.0, "The machine's fp32 peak (2-core CPU: ~157 GFLOP/s) for the roofline."
+  "peak_gflops",
+  0.0,
+  "The machine's fp32 peak for the roofline; 0 measures it (a large float32 matmul).",
 )
 _NUM_EXAMPLES = flags.DEFINE_integer(
   "num_examples", 0, "Examples per epoch for every model (0: WORKLOADS'; a GPU wants 60000)."
@@ -155,6 +157,26 @@ def _accelerator() -> str:
   return "CPU" if device.platform == "cpu" else device.device_kind
 
 
+def measure_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+  """The best float32 matmul throughput jax reaches here: the roofline's peak.
+
+  A size x size matmul is large enough for the library kernel to run at its peak
+  (2-core AVX-512 CPU: 345-410 GFLOP/s, 2026-12-01).
+  """
+  import jax
+  import jax.numpy as jnp
+
+  a = jnp.ones((size, size), jnp.float32)
+  matmul = jax.jit(lambda a: a @ a)
+  matmul(a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size**3 / best / 1e9
+
+
 def summarize(runs: list[dict], flops_per_image: float, peak_gflops: float) -> dict:
   ok = [run for run in runs if "error" not in run]
   if not ok:
@@ -238,6 +260,7 @@ def main(argv):
   implementations = _PEERS.value
   runs = {name: {impl: [] for impl in implementations} for name in _MODELS.value}
   specs, flops = {}, {}
+  peak_gflops = _PEAK_GFLOPS.value or measure_peak_gflops()
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
     for name in _MODELS.value:  # every spec first: a mistake shows before any timing
@@ -256,13 +279,14 @@ def main(argv):
             flush=True,
           )
   table = {
-    name: {impl: summarize(r, flops[name], _PEAK_GFLOPS.value) for impl, r in by_impl.items()}
+    name: {impl: summarize(r, flops[name], peak_gflops) for impl, r in by_impl.items()}
     for name, by_impl in runs.items()
   }
   meta = {
     "repeats": _REPEATS.value,
     "machine": (
-      f"{_accelerator()}, {os.cpu_count()} CPU cores, peak {_PEAK_GFLOPS.value:g} GFLOP/s assumed"
+      f"{_accelerator()}, {os.cpu_count()} CPU cores, fp32 peak {peak_gflops:,.0f} GFLOP/s "
+      + ("(given)" if _PEAK_GFLOPS.value else "(measured: 2048x2048 matmul)")
     ),
     "specs": {
       k: {key: v[key] for key in ("num_params", "batch_size", "num_examples", "epochs")}

@@ -9,6 +9,13 @@ On XLA:CPU (measured on a 2-core machine, interleaved runs):
 The flags are set only if the user has not set them, only before jax is
 imported, and the second only where no GPU or TPU plugin is installed (XLA's
 GPU backend reads the same flag for the kernels it generates).
+
+On CPU JAX lowers its threefry random-bit hash as a 5-trip `while` loop (to
+compile faster), so every dropout mask, shuffle and augmentation round-trips
+its whole uint32 array through memory 5 times per step; `unroll_threefry_on_cpu`
+gives the CPU the straight-line lowering GPUs and TPUs already get: the same
+bits, fused into the code that uses them (B4 CNN 1,700 -> 1,870 images/s,
+B5 residual CNN 850 -> 906, interleaved).
 """
 
 import importlib.util
@@ -38,6 +45,30 @@ def configure_xla():
     if flag.split("=")[0] not in flags:
       flags = f"{flags} {flag}".strip()
   os.environ["XLA_FLAGS"] = flags
+
+
+def unroll_threefry_on_cpu() -> bool:
+  """Lowers jax's threefry2x32 on CPU without its rolled loop (the GPU/TPU lowering).
+
+  Same bits (tests/test_platform.py holds them equal to jax's own lowering),
+  fused into their consumers. Returns False, changing nothing, on a jax whose
+  private lowering hooks have moved.
+  """
+  try:
+    from jax._src.interpreters import mlir
+    from jax._src.random import threefry2x32
+  except ImportError:
+    try:  # jax < 0.10: the same names in jax._src.prng
+      from jax._src import prng as threefry2x32
+      from jax._src.interpreters import mlir
+    except ImportError:
+      return False
+  primitive = getattr(threefry2x32, "threefry2x32_p", None)
+  unrolled = getattr(threefry2x32, "_threefry2x32_lowering_rule", None)
+  if primitive is None or unrolled is None:
+    return False
+  mlir.register_lowering(primitive, unrolled, platform="cpu")
+  return True
 
 
 def user_cache_dir() -> pathlib.Path:

@@ -42,11 +42,16 @@ from fmnist_jax import (
   metrics,
   models,
   parallel,
+  platform,
   summary,
 )
 from fmnist_jax import augment as augment_lib
 from fmnist_jax import progress as progress_lib
 from fmnist_jax.errors import Preempted
+
+# Every train step draws dropout masks, shuffles and augmentations: on CPU, lower
+# their random bits without jax's rolled loop (same bits, ~7-10% faster CNN steps).
+platform.unroll_threefry_on_cpu()
 
 # Keys of the per-epoch random streams (folded into the run key with the epoch).
 _TRAIN_STREAM, _PRETRAIN_STREAM = 0, 1

@@ -1,0 +1,47 @@
+"""Process-level speed settings change speed only: the unrolled CPU threefry gives jax's bits."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from fmnist_jax import platform, train  # noqa: F401  (importing train applies the lowering)
+
+# Random draws whose values a plain jax process (jax's own rolled CPU lowering) prints.
+_DRAWS = """
+import json, jax, numpy as np
+key = jax.random.key(7)
+draws = jax.jit(lambda key: (
+  jax.random.bits(key, (3, 1001)),
+  jax.random.bernoulli(jax.random.fold_in(key, 1), 0.75, (64, 7, 7)),
+  jax.random.permutation(jax.random.fold_in(key, 2), 5000),
+  jax.random.split(key, 4),
+))(key)
+keyless = [jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+           for x in draws]
+print(json.dumps([np.asarray(x).ravel().tolist() for x in keyless]))
+"""
+
+
+def test_unrolled_threefry_draws_the_bits_of_jaxs_own_lowering():
+  assert platform.unroll_threefry_on_cpu()
+  reference = subprocess.run(
+    [sys.executable, "-c", _DRAWS], capture_output=True, text=True, check=True, timeout=120
+  )
+  expected = json.loads(reference.stdout)
+  namespace = {}
+  exec(_DRAWS.replace("print(", "drawn = ("), namespace)  # the same draws in this process
+  drawn = json.loads(namespace["drawn"])
+  assert [len(x) for x in drawn] == [3003, 64 * 49, 5000, 8]
+  for ours, theirs in zip(drawn, expected, strict=True):
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+
+
+def test_unrolled_threefry_compiles_without_a_loop():
+  hlo = (
+    jax.jit(lambda key: jax.random.bits(key, (1000,))).lower(jax.random.key(0)).compile().as_text()
+  )
+  assert jax.default_backend() == "cpu"
+  assert " while(" not in hlo
