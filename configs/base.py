@@ -121,6 +121,11 @@ def get_config() -> ConfigDict:
   # Data parallelism (fmnist_jax/parallel.py); a resume may change these.
   config.parallel = par = ConfigDict()
   par.num_devices = 0  # 0 = every device of every host; batch sizes must divide by it
+  # How the members of one program (seeds, vmapped sweep points) run: "vmap" side by side
+  # (batched ops that fill a GPU/TPU), "map" one after another inside the same compiled
+  # program (XLA:CPU's unbatched matmuls are faster, and a stopped member's epoch is
+  # skipped), "auto" = map on CPU, vmap elsewhere. Results agree to float rounding.
+  par.members = "auto"
   par.distributed = (
     False  # jax.distributed.initialize() first (multi-host; or $FMNIST_DISTRIBUTED=1)
   )

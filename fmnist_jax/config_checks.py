@@ -8,7 +8,7 @@ import math
 
 from ml_collections import ConfigDict
 
-from fmnist_jax import data, layers, models
+from fmnist_jax import data, layers, models, parallel
 from fmnist_jax.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -71,6 +71,7 @@ def check(config: ConfigDict, *, num_train: int | None = None, has_validation: b
     _fail("logging.every_steps", every, "must be 0 (off) or a positive number of steps")
   if not isinstance(config.parallel.num_devices, int) or config.parallel.num_devices < 0:
     _fail("parallel.num_devices", config.parallel.num_devices, "must be 0 (all devices) or more")
+  _one_of(config, "parallel.members", parallel.MEMBER_EXECUTIONS)
   if num_train is not None and config.batch_size > num_train:
     _fail(
       "batch_size",

@@ -301,14 +301,27 @@ def reconstruction_loss(kind: str):
   return loss_fn
 
 
-def _over_members(fn, in_axes, num_members: int):
-  """`fn` over a leading member axis: vmapped, or squeezed for one member.
+def _over_members(fn, in_axes, num_members: int, execution: str = "vmap"):
+  """`fn` over a leading member axis: vmapped, mapped, or squeezed for one member.
 
   One member is a plain (un-vmapped) call, so a single run compiles exactly the
-  program it would without members.
+  program it would without members. "map" runs the members one after another
+  inside one compiled program (`lax.map`), each on the unbatched program.
   """
-  if num_members > 1:
+  if num_members > 1 and execution == "vmap":
     return jax.vmap(fn, in_axes=in_axes)
+  if num_members > 1:
+
+    def mapped(*args):
+      pairs = list(zip(args, in_axes, strict=True))
+
+      def one(member_args):
+        it = iter(member_args)
+        return fn(*(arg if axis is None else next(it) for arg, axis in pairs))
+
+      return jax.lax.map(one, tuple(arg for arg, axis in pairs if axis is not None))
+
+    return mapped
 
   def squeezed(*args):
     args = [
@@ -438,15 +451,26 @@ class Trainer:
       flip_average=config.tta_flip,
     )
 
+    execution = parallel.resolve_member_execution(config.parallel.members)
+
     def over(fn, in_axes):
-      return _over_members(fn, in_axes, num_members)
+      return _over_members(fn, in_axes, num_members, execution)
 
     init_each = over(init, (0, 0, 0, 0))
 
     def init_members(keys_M, hyperparams_M, dropout_rates_M=None, label_smoothing_M=None):
       return init_each(keys_M, hyperparams_M, dropout_rates_M, label_smoothing_M)
 
+    def train_or_skip(state, active, images, labels, key):
+      """A member's epoch, or (one after another, where a branch is really skipped) none
+      for a stopped member: its state as it was, and zero metrics."""
+      epoch = partial(train_epoch, images_Nx28x28=images, labels_N=labels, key=key)
+      idle = jax.tree.map(jnp.zeros_like, jax.eval_shape(epoch, state)[1])
+      return jax.lax.cond(active, epoch, lambda state: (state, idle), state)
+
     def train_members(state, active_M, images, labels, keys_M):
+      if num_members > 1 and execution == "map":
+        return over(train_or_skip, (0, 0, None, None, 0))(state, active_M, images, labels, keys_M)
       new_state, step_metrics = over(train_epoch, (0, None, None, 0))(state, images, labels, keys_M)
       # Stopped or diverged members keep their weights while the others train on.
       return _select(active_M, new_state, state), step_metrics
@@ -936,7 +960,8 @@ def fit(
           peak_learning_rates[:, None] * multipliers_S[None, :],
           active & ~diverged_now,
         )
-        counts_M = step_metrics["count"].sum(axis=1)
+        # A skipped (stopped) member's epoch counted no examples; its record is not kept.
+        counts_M = np.maximum(step_metrics["count"].sum(axis=1), 1)
         records = [
           {
             "epoch": epoch + 1,

@@ -107,9 +107,10 @@ def test_a_vmapped_learning_rate_sweep_equals_separate_runs(use_small_dataset, t
   )
 
 
-def test_a_vmapped_dropout_sweep_equals_separate_runs(use_small_dataset, tmp_path):
+@pytest.mark.parametrize("execution", ["vmap", "map"])
+def test_a_vmapped_dropout_sweep_equals_separate_runs(execution, use_small_dataset, tmp_path):
   # (0.0, 0.3): its first layer is on in the program (another member uses it) at rate 0.
-  config = small_config(num_epochs=2)
+  config = small_config(num_epochs=2, **{"parallel.members": execution})
   config.model = _two_layer_mlp((64, 32), (0.0, 0.0))
   rates = ((0.0, 0.3), (0.5, 0.0), (0.2, 0.2))
   _assert_members_equal_separate_runs(config, "model.dropout_rates", rates, tmp_path)

@@ -213,8 +213,10 @@ def _member_lines(workdir, index):
   return [line for line in lines if line["member"] == index]
 
 
-def test_each_vmapped_member_equals_a_separate_run_with_its_seed(use_small_dataset, tmp_path):
-  together = train.fit(small_config(num_epochs=2, num_seeds=3), tmp_path / "3", show_progress=False)
+@pytest.mark.parametrize("execution", ["vmap", "map"])
+def test_each_member_equals_a_separate_run_with_its_seed(execution, use_small_dataset, tmp_path):
+  config = small_config(num_epochs=2, num_seeds=3, **{"parallel.members": execution})
+  together = train.fit(config, tmp_path / "3", show_progress=False)
   alone = train.fit(small_config(num_epochs=2, seed=2), tmp_path / "1", show_progress=False)
   assert [m["seed"] for m in together["members"]] == [0, 1, 2]
   vmapped, single = together["members"][2]["metrics"], alone["members"][0]["metrics"]
@@ -233,8 +235,9 @@ def test_each_vmapped_member_equals_a_separate_run_with_its_seed(use_small_datas
   assert [r["epoch"] for r in _member_lines(tmp_path / "3", 1)] == [1, 2]
 
 
-def test_a_stopped_member_keeps_its_weights_while_the_others_train(small_dataset):
-  config = small_config()
+@pytest.mark.parametrize("execution", ["vmap", "map"])
+def test_a_stopped_member_keeps_its_weights_while_the_others_train(execution, small_dataset):
+  config = small_config(**{"parallel.members": execution})
   trainer = train.Trainer.create(config, small_dataset.train.images, NUM_TRAIN, num_members=2)
   state = trainer.init_members(
     jax.random.split(jax.random.key(0), 2), {"learning_rate": jnp.full((2,), 1e-3)}
@@ -243,9 +246,11 @@ def test_a_stopped_member_keeps_its_weights_while_the_others_train(small_dataset
   images, labels = (
     jnp.asarray(a) for a in (small_dataset.train.images, small_dataset.train.labels)
   )
-  state, _ = trainer.train_members(
+  state, step_metrics = trainer.train_members(
     state, jnp.array([True, False]), images, labels, jax.random.split(jax.random.key(1), 2)
   )
+  # One after another, the stopped member's epoch is skipped, not computed and discarded.
+  assert (step_metrics["count"][1].sum() == 0) == (execution == "map")
   for old, new in zip(jax.tree.leaves(before), jax.tree.leaves(state), strict=True):
     np.testing.assert_array_equal(old[1], new[1])  # frozen, optimizer state and step included
   moved = [
