@@ -75,13 +75,15 @@ def load_run(workdir: str | pathlib.Path) -> Run:
   )
   state = trainer.init_state(members)
   run_dir = checkpoint.RunDir(workdir, config, exclusive=False)
-  restored = run_dir.restore_latest(
-    {
-      "state": state.checkpointed(),
-      "early_stopping": train.EarlyStopping.create(state, len(members)),
-    }
-  )
-  run_dir.close()
+  try:
+    restored = run_dir.restore_latest(
+      {
+        "state": state.checkpointed(),
+        "early_stopping": train.EarlyStopping.create(state, len(members)),
+      }
+    )
+  finally:  # also when the checkpoint is unreadable: no orbax thread outlives the call
+    run_dir.close()
   if restored is None:
     raise UserError(f"no checkpoint in {workdir}/checkpoints; rerun the run's command")
   _, payload = restored
