@@ -32,6 +32,7 @@ import jax
 import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 
+from fmnist_jax import parallel
 from fmnist_jax.errors import ConfigError, UserError
 
 # Config keys that change neither what is trained nor its results: the devices it runs
@@ -383,8 +384,9 @@ class RunDir:
       (self.path / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
   def wait(self):
-    for manager in self._managers or ():
-      manager.wait_until_finished()
+    with parallel.HeldInterrupts():  # a second Ctrl-C must not cut off a save
+      for manager in self._managers or ():
+        manager.wait_until_finished()
 
   def __enter__(self):
     return self
@@ -395,8 +397,9 @@ class RunDir:
   def close(self):
     """Finishes pending saves, closes the managers and releases the workdir."""
     try:
-      for manager in self._managers or ():
-        manager.close()
+      with parallel.HeldInterrupts():
+        for manager in self._managers or ():
+          manager.close()
     finally:
       self._managers = None
       self._lock.release()

@@ -24,6 +24,7 @@ process 0 writes logs, figures and results (orbax checkpoints involve every host
 import dataclasses
 import os
 import signal
+import sys
 import threading
 
 import jax
@@ -148,3 +149,33 @@ class PreemptionSignal:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
       self._previous = None
+
+
+class HeldInterrupts:
+  """Holds Ctrl-C (SIGINT) back while a run shuts down and waits for its last save.
+
+  `uv run` forwards the terminal's SIGINT to the run, which also gets it from the
+  terminal, and users press Ctrl-C twice: a second interrupt must not cut off the
+  save of the last epoch. A Ctrl-C held back is raised when the block ends, unless
+  an exception (the first Ctrl-C's, say) is already on its way out.
+  """
+
+  def __enter__(self):
+    self._held = False
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():  # signal's own rule
+      previous = signal.getsignal(signal.SIGINT)
+      if previous is not None:  # None: installed outside Python; leave it alone
+        self._previous = signal.signal(signal.SIGINT, self._hold)
+    return self
+
+  def _hold(self, signum, frame):
+    del signum, frame
+    self._held = True
+
+  def __exit__(self, exc_type, exc, traceback):
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+    if self._held and exc_type is None and sys.exc_info()[0] is None:
+      raise KeyboardInterrupt
+    return False

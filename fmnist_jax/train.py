@@ -885,6 +885,10 @@ def fit(
       stopped, diverged = jax.device_get((early.stopped, early.diverged))
       return ~diverged & ~(stopped & es_config.enabled)
 
+    resuming = restored is not None and start_epoch < config.num_epochs
+    if resuming and checkpoint.is_writer() and active_members().any():
+      print(f"{run.path}: resuming after epoch {start_epoch}, its latest save", file=sys.stderr)
+
     bar = progress_lib.EpochBar(
       config.num_epochs,
       start_epoch,

@@ -1,6 +1,7 @@
-"""Runs survive interruption: kill -9 anywhere, SIGTERM (preemption), saves every N epochs."""
+"""Runs survive interruption: kill -9 anywhere, SIGTERM, Ctrl-C; saves every N epochs."""
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -8,9 +9,11 @@ import sys
 import time
 
 import numpy as np
+import orbax.checkpoint as ocp
+import pytest
 from small import committed_epochs, saved_params, small_config, without_times, worker_command
 
-from fmnist_jax import checkpoint, train
+from fmnist_jax import checkpoint, parallel, train
 
 EPOCHS = 5
 
@@ -83,6 +86,7 @@ def test_sigterm_saves_and_exits_cleanly_and_the_rerun_resumes(real_data_dir, tm
   command[4] = f"--config.num_epochs={epochs_done[-1] + 1}"  # resume for one more epoch
   done = subprocess.run(command, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr
+  assert f"resuming after epoch {epochs_done[-1]}, its latest save" in done.stderr
   epochs = [record["epoch"] for record in checkpoint.read_metrics(tmp_path)]
   assert epochs == list(range(1, epochs_done[-1] + 2))
 
@@ -105,3 +109,37 @@ def test_checkpoints_every_n_epochs_and_at_the_end(use_small_dataset, tmp_path):
   results = train.fit(config, tmp_path / "early", show_progress=False)
   stopped_at = results["members"][0]["epochs_trained"]
   assert stopped_at < 50 and committed_epochs(tmp_path / "early")[-1] == stopped_at
+
+
+def test_a_second_ctrl_c_does_not_cut_off_the_last_save(use_small_dataset, tmp_path, monkeypatch):
+  """Ctrl-C in epoch 2, then another while the run waits for epoch 1's save (as `uv run`
+  forwarding the terminal's SIGINT): the save completes and the first interrupt ends fit."""
+  log_metrics = checkpoint.RunDir.log_metrics
+  wait_until_finished = ocp.CheckpointManager.wait_until_finished
+  interrupted, waits_finished = [], []
+
+  def ctrl_c_in_epoch_2(self, record):
+    if record["epoch"] == 2:
+      interrupted.append(True)
+      raise KeyboardInterrupt
+    log_metrics(self, record)
+
+  def second_ctrl_c_while_orbax_waits(self):
+    if interrupted:
+      os.kill(os.getpid(), signal.SIGINT)
+    wait_until_finished(self)
+    waits_finished.append(bool(interrupted))
+
+  monkeypatch.setattr(checkpoint.RunDir, "log_metrics", ctrl_c_in_epoch_2)
+  monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", second_ctrl_c_while_orbax_waits)
+  with pytest.raises(KeyboardInterrupt):
+    train.fit(small_config(num_epochs=5), tmp_path, show_progress=False)
+  assert waits_finished and waits_finished[-1]  # orbax's wait after the interrupts ran to its end
+  interrupted.clear()  # no more Ctrl-C: committed_epochs below waits on orbax too
+  assert committed_epochs(tmp_path) == [1]
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  # Held back with nothing else on its way out, a Ctrl-C is raised when the block ends.
+  with pytest.raises(KeyboardInterrupt), parallel.HeldInterrupts():
+    os.kill(os.getpid(), signal.SIGINT)
+    held = True
+  assert held
