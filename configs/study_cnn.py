@@ -7,7 +7,7 @@ other CNN comparisons are whole configs, compared per class with
 fmnist_jax.analysis: convolutions against the tuned MLP (B2), and the stacked
 residual CNN (B5):
 
-  python launch.py --config=configs/study_cnn.py  # four B4-sized members, about 1.5 h on 2 cores
+  python launch.py --config=configs/study_cnn.py  # four B4-sized members, 62 min on 2 cores
   python -m fmnist_jax.analysis runs/mlp_2hidden runs/cnn runs/resnet --out=runs/study_cnn_compare
 """
 
