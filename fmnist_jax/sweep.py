@@ -406,7 +406,11 @@ def _plot(workdir: pathlib.Path, sweep_results: dict, histories: dict):
     ax.plot(np.arange(1, length + 1), mean, label=label)
   ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   ax.set_xlabel("epoch")
-  ax.set_ylabel(f"{curve_metric} (mean over seeds)")
+  ax.set_ylabel(
+    f"{curve_metric} (one seed)"
+    if num_seeds == 1
+    else f"{curve_metric} (mean of {num_seeds} seeds, to the first one's stop)"
+  )
   ax.legend(fontsize="x-small")
   ax.grid(alpha=0.3)
   fig.tight_layout()
