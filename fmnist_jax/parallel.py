@@ -122,7 +122,32 @@ def make_layout(config: ConfigDict) -> Layout:
   return Layout(mesh)
 
 
-class PreemptionSignal:
+class _SignalFlag:
+  """Turns a signal into a flag until `close`, then restores the previous handler.
+
+  Only in the main thread (signal's own rule), and only over a handler Python can
+  restore (getsignal is None for one installed outside Python: left alone).
+  """
+
+  def __init__(self, signum: int):
+    self.raised = False
+    self._signum = signum
+    self._previous = None
+    main = threading.current_thread() is threading.main_thread()
+    if main and signal.getsignal(signum) is not None:
+      self._previous = signal.signal(signum, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(self._signum, self._previous)
+      self._previous = None
+
+
+class PreemptionSignal(_SignalFlag):
   """Turns SIGTERM (how Cloud TPU VMs and schedulers announce preemption) into a flag.
 
   The epoch loop reads it once per epoch: the epoch in flight finishes, is saved,
@@ -131,24 +156,12 @@ class PreemptionSignal:
   """
 
   def __init__(self):
-    self._received = False
-    self._previous = None
-    if threading.current_thread() is threading.main_thread():  # signal's own rule
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self._received = True
+    super().__init__(signal.SIGTERM)
 
   def received(self) -> bool:
     if jax.process_count() == 1:
-      return self._received
-    return bool(multihost_utils.process_allgather(np.asarray(self._received)).any())
-
-  def close(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+      return self.raised
+    return bool(multihost_utils.process_allgather(np.asarray(self.raised)).any())
 
 
 class HeldInterrupts:
@@ -161,21 +174,11 @@ class HeldInterrupts:
   """
 
   def __enter__(self):
-    self._held = False
-    self._previous = None
-    if threading.current_thread() is threading.main_thread():  # signal's own rule
-      previous = signal.getsignal(signal.SIGINT)
-      if previous is not None:  # None: installed outside Python; leave it alone
-        self._previous = signal.signal(signal.SIGINT, self._hold)
+    self._interrupt = _SignalFlag(signal.SIGINT)
     return self
 
-  def _hold(self, signum, frame):
-    del signum, frame
-    self._held = True
-
   def __exit__(self, exc_type, exc, traceback):
-    if self._previous is not None:
-      signal.signal(signal.SIGINT, self._previous)
-    if self._held and exc_type is None and sys.exc_info()[0] is None:
+    self._interrupt.close()
+    if self._interrupt.raised and exc_type is None and sys.exc_info()[0] is None:
       raise KeyboardInterrupt
     return False

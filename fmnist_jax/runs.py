@@ -74,16 +74,14 @@ def load_run(workdir: str | pathlib.Path) -> Run:
     config, dataset.train.images, len(dataset.train), num_members=len(members)
   )
   state = trainer.init_state(members)
-  run_dir = checkpoint.RunDir(workdir, config, exclusive=False)
-  try:
+  # Closed also when the checkpoint is unreadable: no orbax thread outlives the call.
+  with checkpoint.RunDir(workdir, config, exclusive=False) as run_dir:
     restored = run_dir.restore_latest(
       {
         "state": state.checkpointed(),
         "early_stopping": train.EarlyStopping.create(state, len(members)),
       }
     )
-  finally:  # also when the checkpoint is unreadable: no orbax thread outlives the call
-    run_dir.close()
   if restored is None:
     raise UserError(f"no checkpoint in {workdir}/checkpoints; rerun the run's command")
   _, payload = restored
