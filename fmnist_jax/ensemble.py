@@ -42,20 +42,42 @@ def combine(logits_MxNxC: jax.Array, rule: str) -> jax.Array:
 
 
 @jax.jit
-def _confusions(logits_MxNxC, labels_N):
-  """Every member's confusion matrix and loss sum, and every rule's confusion matrix."""
-  num_classes = logits_MxNxC.shape[-1]
-  member_confusions = jax.vmap(
-    lambda logits: metrics.confusion_matrix(labels_N, logits.argmax(-1), num_classes)
-  )(logits_MxNxC)
+def _confusions_by_split(logits_by_split, labels_by_split):
+  """Per split: every member's confusion matrix and loss sum, and every rule's confusion matrix.
+
+  The splits are concatenated and counted by (split, true, predicted) cell, so
+  a run compiles one small program whatever its number of splits and their sizes.
+  """
+  names = list(logits_by_split)
+  logits_MxNxC = jnp.concatenate([logits_by_split[n] for n in names], axis=1)
+  labels_N = jnp.concatenate([labels_by_split[n].astype(jnp.int32) for n in names])
+  split_N = jnp.concatenate(
+    [jnp.full(labels_by_split[n].shape, i, jnp.int32) for i, n in enumerate(names)]
+  )
+  num_splits, num_classes = len(names), logits_MxNxC.shape[-1]
+
+  def confusions(predictions_N):  # [S, C, C]
+    cells_N = (split_N * num_classes + labels_N) * num_classes + predictions_N
+    counts = jax.ops.segment_sum(
+      jnp.ones_like(cells_N), cells_N, num_segments=num_splits * num_classes**2
+    )
+    return counts.reshape(num_splits, num_classes, num_classes)
+
+  member_confusions = jax.vmap(lambda logits: confusions(logits.argmax(-1)))(logits_MxNxC)
   member_losses = jax.vmap(
-    lambda logits: optax.softmax_cross_entropy_with_integer_labels(logits, labels_N).sum()
+    lambda logits: jax.ops.segment_sum(
+      optax.softmax_cross_entropy_with_integer_labels(logits, labels_N), split_N, num_splits
+    )
   )(logits_MxNxC)
-  rule_confusions = {
-    rule: metrics.confusion_matrix(labels_N, combine(logits_MxNxC, rule), num_classes)
-    for rule in RULES
+  rule_confusions = {rule: confusions(combine(logits_MxNxC, rule)) for rule in RULES}
+  return {
+    name: (
+      member_confusions[:, i],
+      member_losses[:, i],
+      {rule: rule_confusions[rule][i] for rule in RULES},
+    )
+    for i, name in enumerate(names)
   }
-  return member_confusions, member_losses, rule_confusions
 
 
 def score(
@@ -74,12 +96,13 @@ def score(
   num_members = next(iter(logits_by_split.values())).shape[0]
   members: list[dict] = [{} for _ in range(num_members)]
   rules: dict[str, dict] = {rule: {} for rule in RULES}
-  for split, logits in logits_by_split.items():
-    labels = jnp.asarray(labels_by_split[split])
-    member_confusions, member_losses, rule_confusions = jax.device_get(_confusions(logits, labels))
+  labels_by_split = {split: jnp.asarray(labels_by_split[split]) for split in logits_by_split}
+  confusions = jax.device_get(_confusions_by_split(dict(logits_by_split), labels_by_split))
+  for split in logits_by_split:
+    member_confusions, member_losses, rule_confusions = confusions[split]
     for index in range(num_members):
       members[index][split] = metrics.summarize(
-        member_confusions[index], member_losses[index], labels.shape[0]
+        member_confusions[index], member_losses[index], labels_by_split[split].shape[0]
       )
     for rule in RULES:
       rules[rule][split] = metrics.summarize(rule_confusions[rule])

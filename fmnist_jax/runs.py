@@ -106,15 +106,9 @@ def _run_logits(runs: list[Run]) -> dict[str, np.ndarray]:
         f"{run.workdir} and {first.workdir} use different data (data.{', data.'.join(differs)}); "
         f"an ensemble's members must be scored on the same splits"
       )
-  return {
-    name: np.concatenate(
-      [
-        np.asarray(run.trainer.predict_members(run.state, jax.device_put(split.images)))
-        for run in runs
-      ]
-    )
-    for name, split in first.dataset.splits().items()
-  }
+  images = {name: jax.device_put(split.images) for name, split in first.dataset.splits().items()}
+  by_run = [jax.device_get(run.trainer.predict_splits(run.state, images)) for run in runs]
+  return {name: np.concatenate([logits[name] for logits in by_run]) for name in images}
 
 
 def evaluate_ensemble(workdirs: list[str | pathlib.Path]) -> dict[str, Any]:

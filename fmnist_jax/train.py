@@ -340,6 +340,10 @@ def _select(mask_M, new, old):
   )
 
 
+# Outside a program, one compiled selection instead of a small program per leaf.
+_select_jit = jax.jit(_select)
+
+
 @dataclasses.dataclass(frozen=True)
 class Trainer:
   """The pure functions for one config, jitted once. Shapes are fixed by the dataset.
@@ -371,6 +375,8 @@ class Trainer:
   train_members: Callable  # (state, active[M], images, labels, keys[M]) -> state, metrics[M]
   evaluate_members: Callable  # (state, images, labels) -> confusion[M], loss sum[M]
   predict_members: Callable  # (state, images) -> logits[M, N, C]
+  # (state, {split: images}) -> {split: logits[M, N, C]}: one program for every split
+  predict_splits: Callable
 
   @classmethod
   def create(
@@ -461,6 +467,15 @@ class Trainer:
     def init_members(keys_M, hyperparams_M, dropout_rates_M=None, label_smoothing_M=None):
       return init_each(keys_M, hyperparams_M, dropout_rates_M, label_smoothing_M)
 
+    predict_each = over(predict, (0, None))
+
+    def predict_splits(state, images_by_split):
+      # One concatenated array, so the run compiles one prediction whatever its splits' sizes.
+      names = list(images_by_split)
+      logits = predict_each(state, jnp.concatenate([images_by_split[n] for n in names]))
+      ends = np.cumsum([images_by_split[n].shape[0] for n in names])[:-1].tolist()
+      return dict(zip(names, jnp.split(logits, ends, axis=1), strict=True))
+
     def train_or_skip(state, active, images, labels, key):
       """A member's epoch, or (one after another, where a branch is really skipped) none
       for a stopped member: its state as it was, and zero metrics."""
@@ -496,7 +511,8 @@ class Trainer:
       init_optimizer_members=layout.jit(over(init_optimizer, (0, 0))),
       train_members=layout.jit(train_members, donate_argnums=0),
       evaluate_members=layout.jit(over(evaluate, (0, None, None))),
-      predict_members=layout.jit(over(predict, (0, None))),
+      predict_members=layout.jit(predict_each),
+      predict_splits=layout.jit(predict_splits),
     )
 
   def init_state(self, members: "Members") -> TrainState:
@@ -846,7 +862,8 @@ def fit(
     trainer_args = (dataset.train.images, len(dataset.train))
     trainer = Trainer.create(config, *trainer_args, num_members=num_members, layout=layout)
     state = trainer.init_state(members)
-    num_params = models.count_params(trainer.model(member(state, 0)))
+    # From shapes alone: indexing the arrays would compile one small program per leaf.
+    num_params = models.count_params(trainer.model(jax.eval_shape(member, state, 0)))
     # Jitted, so its arrays live where the state does (replicated on a mesh).
     new_early_stopping = layout.jit(partial(EarlyStopping.create, num_members=num_members))
     early = new_early_stopping(state)
@@ -1027,10 +1044,9 @@ def fit(
     )
     final_state, restore = final_states(config, state, early, has_validation=has_val)
     # One vmapped forward pass per split gives every member's metrics and the ensembles'.
-    logits = {
-      name: trainer.predict_members(final_state, images)
-      for name, (images, _) in device_data.items()
-    }
+    logits = trainer.predict_splits(
+      final_state, {name: images for name, (images, _) in device_data.items()}
+    )
     scored = ensemble.score(logits, {name: labels for name, (_, labels) in device_data.items()})
     member_metrics = scored["members"]
     steps = np.asarray(state.step)
@@ -1090,7 +1106,7 @@ def final_states(
   )
   state = averaged_state(config, state)  # the weights evaluated (EMA ones with ema_decay)
   best = state.replace(params=early.best_params, model_state=early.best_model_state)
-  return _select(jnp.asarray(restore), best, state), restore
+  return _select_jit(jnp.asarray(restore), best, state), restore
 
 
 def _mean_record(records: list[dict], num_active: int) -> dict:
