@@ -14,6 +14,16 @@ dropout (0.3, 0.5):
   python launch.py --config=configs/mlp_2hidden.py --workdir=runs/mlp_2hidden_tuning \
     "--config.sweep.grid=optimizer.learning_rate=1e-4,2e-4; model.dropout_rates=[(.2,.4),(.3,.5)]"
 
+Label smoothing 0.1 (Keras' rule: targets 0.91 on the true class, 0.01
+elsewhere) is this config's one change to the deck's recipe, chosen on
+validation by a sweep of seed 0 (rule fixed before the run: adopt the best
+smoothing only if it beats none by 0.002 of val accuracy): val accuracy 0.9028
+(none), 0.9056 (0.05), 0.9089 (0.1), 0.9058 (0.2). The deck's recipe itself is
+`--config.label_smoothing=0`:
+
+  python launch.py --config=configs/mlp_2hidden.py --workdir=runs/mlp_2hidden_smoothing \
+    --config.sweep.grid=label_smoothing=0,0.05,0.1,0.2
+
   python launch.py --config=configs/mlp_2hidden.py --config.num_seeds=5
 """
 
@@ -28,4 +38,5 @@ def get_config():
   config.model.hidden_sizes = (2048, 512)
   config.model.dropout_rates = (0.2, 0.4)
   config.optimizer.learning_rate = 1e-4
+  config.label_smoothing = 0.1  # chosen on validation (docstring); the deck's: 0
   return config

@@ -1047,6 +1047,7 @@ def fit(
     logits = trainer.predict_splits(
       final_state, {name: images for name, (images, _) in device_data.items()}
     )
+    logits = {name: logits[name] for name in device_data}  # train, val, test (jit sorts keys)
     scored = ensemble.score(logits, {name: labels for name, (_, labels) in device_data.items()})
     member_metrics = scored["members"]
     steps = np.asarray(state.step)

@@ -106,6 +106,7 @@ def test_study_protocols():
   assert (b1.model.hidden_sizes, b1.optimizer.learning_rate) == ((512,), 3e-4)  # see its docstring
   assert (b2.model.hidden_sizes, b2.model.dropout_rates) == ((2048, 512), (0.2, 0.4))
   assert b2.optimizer.learning_rate == 1e-4
+  assert (b1.label_smoothing, b2.label_smoothing) == (0.0, 0.1)  # B2's: chosen on validation
   assert b1.early_stopping.patience == b2.early_stopping.patience == 15  # study 3
   assert load("mlp_ensemble").ensemble.members == ("mlp_1hidden", "mlp_2hidden")
   assert load("cnn_ensemble").ensemble.members == ("cnn", "resnet")
