@@ -34,13 +34,6 @@ from ml_collections import config_flags
 
 from fmnist_jax import data, layers
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", "configs/resnet.py", "A residual CNN config.", lock_config=True
-)
-_VARIANTS = flags.DEFINE_list("variants", ["im2col", "rows", "winograd"], "Variants to time.")
-_STEPS = flags.DEFINE_integer("steps", 10, "Steps in each timed scan.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Interleaved repeats.")
-
 
 def conv_xla(x, kernel):
   return lax.conv_general_dilated(
@@ -131,15 +124,16 @@ def time_variants(shape, names, steps, repeats):
 
 def main(argv):
   del argv
-  names = _VARIANTS.value
+  flag = flags.FLAGS
+  names = flag.variants
   unknown = sorted(set(names) - set(VARIANTS))
   if unknown:
     raise app.UsageError(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
-  print(f"ms per step (forward + kernel and input gradients), median of {_REPEATS.value}")
+  print(f"ms per step (forward + kernel and input gradients), median of {flag.repeats}")
   print("batch x side x side x in -> out | " + " | ".join(names))
   totals = dict.fromkeys(names, 0.0)
-  for shape in conv_shapes(_CONFIG.value):
-    results = time_variants(shape, names, _STEPS.value, _REPEATS.value)
+  for shape in conv_shapes(flag.config):
+    results = time_variants(shape, names, flag.steps, flag.repeats)
     for name in names:
       assert results[name][1] < 1e-3, f"{name} differs from lax.conv by {results[name][1]}"
       totals[name] += results[name][0]
@@ -149,5 +143,16 @@ def main(argv):
   print("all convs | " + " | ".join(f"{1e3 * totals[name]:.1f}" for name in names))
 
 
+def _define_flags():
+  # Defined only when run: the tests import this module beside other benchmarks' `--config`.
+  config_flags.DEFINE_config_file(
+    "config", "configs/resnet.py", "A residual CNN config.", lock_config=True
+  )
+  flags.DEFINE_list("variants", ["im2col", "rows", "winograd"], "Variants to time.")
+  flags.DEFINE_integer("steps", 10, "Steps in each timed scan.")
+  flags.DEFINE_integer("repeats", 5, "Interleaved repeats.")
+
+
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
