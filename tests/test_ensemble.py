@@ -34,6 +34,26 @@ def test_identical_members_score_as_the_single_model():
     )
 
 
+def test_splits_scored_together_equal_each_split_scored_alone():
+  sizes = {"train": 300, "val": 120, "test": 77}
+  logits = {
+    name: np.stack([_logits(i, (n, 10)), _logits(i + 9, (n, 10))])
+    for i, (name, n) in enumerate(sizes.items())
+  }
+  labels = {name: np.random.default_rng(n).integers(0, 10, n) for name, n in sizes.items()}
+  together = ensemble.score(logits, labels)
+  for name in sizes:
+    alone = ensemble.score({name: logits[name]}, {name: labels[name]})
+    for rule in ensemble.RULES:
+      assert together["rules"][rule][name] == alone["rules"][rule][name]
+    for member in range(2):
+      assert together["members"][member][name] == alone["members"][member][name]
+      log_probs = logits[name][member] - np.log(np.exp(logits[name][member]).sum(-1, keepdims=True))
+      expected_loss = -log_probs[np.arange(sizes[name]), labels[name]].mean()
+      assert together["members"][member][name]["loss"] == pytest.approx(expected_loss, rel=1e-5)
+  assert list(together["members"][0]) == list(sizes)  # the callers' order, not jit's sorted one
+
+
 def test_two_members_match_a_hand_computation():
   logits = np.stack([_logits(2, (400, 10)), _logits(3, (400, 10))])
   labels = np.random.default_rng(4).integers(0, 10, 400)

@@ -83,6 +83,19 @@ def test_epochs_compile_once(small_dataset):
   assert trainer.evaluate._cache_size() == 1
 
 
+def test_every_split_predicted_in_one_program_equals_each_split_alone(small_dataset):
+  config = small_config(num_seeds=2)
+  trainer = train.Trainer.create(config, small_dataset.train.images, NUM_TRAIN, num_members=2)
+  state = trainer.init_state(train.members_of(config))
+  splits = {name: jax.device_put(split.images) for name, split in small_dataset.splits().items()}
+  together = trainer.predict_splits(state, splits)
+  assert list(together) == sorted(splits)  # a dict out of jit: sorted keys
+  for name, images in splits.items():
+    assert together[name].shape == (2, images.shape[0], data.NUM_CLASSES)
+    np.testing.assert_allclose(together[name], trainer.predict_members(state, images), atol=1e-6)
+  assert trainer.predict_splits._cache_size() == 1
+
+
 def test_every_example_is_seen_once_per_epoch_with_a_partial_last_batch():
   indices, weights = train._epoch_batches(jax.random.key(0), 10, 4)
   assert indices.shape == weights.shape == (3, 4)  # ceil(10 / 4) steps, as Keras
