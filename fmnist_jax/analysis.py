@@ -273,9 +273,15 @@ def plot_misclassified(
   return len(wrong)
 
 
-def plot_learning_curves(history: Mapping[int, Mapping[str, list[float]]], path, title: str):
+def plot_learning_curves(
+  history: Mapping[int, Mapping[str, list[float]]],
+  path,
+  title: str,
+  smoothed_train_loss: bool = False,
+):
   """Loss and accuracy per epoch, train and validation, and the learning rate; one thin
-  line per member."""
+  line per member. `smoothed_train_loss`: the train loss is against label-smoothed
+  targets (so it sits above the validation loss), and its legend says so."""
   plt = _pyplot()
   fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), width_ratios=(1, 1, 0.7))
   colors = {"train": "tab:blue", "val": "tab:orange"}
@@ -293,6 +299,8 @@ def plot_learning_curves(history: Mapping[int, Mapping[str, list[float]]], path,
         if values:
           epochs = np.arange(1, len(values) + 1)
           label = split if member == min(history) else None
+          if label == "train" and metric == "loss" and smoothed_train_loss:
+            label = "train (smoothed targets)"
           ax.plot(epochs, values, color=color, alpha=0.8 if len(history) == 1 else 0.5, label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
@@ -318,12 +326,18 @@ def _softmax(logits):
 
 
 def write_run_outputs(
-  workdir: pathlib.Path, name: str, results: Mapping[str, Any], test: data.Split, test_logits
+  workdir: pathlib.Path,
+  name: str,
+  results: Mapping[str, Any],
+  test: data.Split,
+  test_logits,
+  smoothed_train_loss: bool = False,
 ) -> list[pathlib.Path]:
   """analysis.md and the four figures of one finished run; returns the files written.
 
   Args:
     test_logits: [M, N, C] every member's test logits (member 0 makes the gallery).
+    smoothed_train_loss: the run trained on label-smoothed targets (the curves say so).
   """
   if not checkpoint.is_writer():
     return []
@@ -344,7 +358,7 @@ def write_run_outputs(
   plot_misclassified(
     test.images, test.labels, _softmax(np.asarray(test_logits)[0]), outputs["gallery"], name
   )
-  plot_learning_curves(history, outputs["curves"], name)
+  plot_learning_curves(history, outputs["curves"], name, smoothed_train_loss)
   return list(outputs.values())
 
 

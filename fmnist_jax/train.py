@@ -820,7 +820,12 @@ def protocol(config: ConfigDict, dataset: data.Dataset) -> str:
     if es.enabled
     else f"{config.num_epochs} epochs"
   )
-  return f"{sizes}; inputs {config.data.preprocessing}; {stopping}"
+  smoothing = (
+    f"; training targets smoothed by {config.label_smoothing:g} (val and test losses: true labels)"
+    if config.label_smoothing
+    else ""
+  )
+  return f"{sizes}; inputs {config.data.preprocessing}; {stopping}{smoothing}"
 
 
 def fit(
@@ -1081,8 +1086,16 @@ def fit(
     summaries.log_results(config, results["members"])
     run.write_results(results)
   if config.figures:
+    smoothing = [config.label_smoothing] + [
+      member["hyperparameters"].get("label_smoothing", 0.0) for member in results["members"]
+    ]
     analysis.write_run_outputs(
-      run.path, workdir.name, results, dataset.test, jax.device_get(logits["test"])
+      run.path,
+      workdir.name,
+      results,
+      dataset.test,
+      jax.device_get(logits["test"]),
+      smoothed_train_loss=max(smoothing) > 0,
     )
   return results
 

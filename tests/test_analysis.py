@@ -73,6 +73,27 @@ def test_a_run_writes_its_analysis_and_figures(use_small_dataset, tmp_path):
     assert f"| {row['epoch']} | {row['val_loss']:.6f} | {row['waited']} |" in text
 
 
+def test_curves_say_when_the_train_loss_is_on_smoothed_targets(tmp_path, monkeypatch):
+  from matplotlib.figure import Figure
+
+  legends = []
+  monkeypatch.setattr(
+    Figure,
+    "savefig",
+    lambda fig, *a, **k: legends.append([t.get_text() for t in fig.axes[0].get_legend().texts]),
+  )
+  history = {0: {"train/loss": [0.9, 0.7], "val/loss": [0.5, 0.4], "val/accuracy": [0.8, 0.9]}}
+  for smoothed in (False, True):
+    analysis.plot_learning_curves(history, tmp_path / "c.png", "t", smoothed_train_loss=smoothed)
+  assert legends == [["train", "val"], ["train (smoothed targets)", "val"]]
+
+
+def test_the_protocol_names_label_smoothing(small_dataset):
+  assert "smoothed" not in train.protocol(small_config(), small_dataset)
+  line = train.protocol(small_config(label_smoothing=0.1), small_dataset)
+  assert "training targets smoothed by 0.1" in line
+
+
 def test_compare_writes_a_per_class_chart_and_table(use_small_dataset, tmp_path):
   for name, hidden in (("small", (16,)), ("wide", (128,))):
     train.fit(
