@@ -1048,7 +1048,7 @@ def fit(
       (early.stopped, early.diverged, early.best_epoch)
     )
     final_state, restore = final_states(config, state, early, has_validation=has_val)
-    # One vmapped forward pass per split gives every member's metrics and the ensembles'.
+    # One forward pass over every split gives every member's metrics and the ensembles'.
     logits = trainer.predict_splits(
       final_state, {name: images for name, (images, _) in device_data.items()}
     )
