@@ -12,6 +12,7 @@ lr and dropout were also the best on validation in a sweep with lr 2e-4 and
 dropout (0.3, 0.5):
 
   python launch.py --config=configs/mlp_2hidden.py --workdir=runs/mlp_2hidden_tuning \
+    --config.label_smoothing=0 \
     "--config.sweep.grid=optimizer.learning_rate=1e-4,2e-4; model.dropout_rates=[(.2,.4),(.3,.5)]"
 
 Label smoothing 0.1 (Keras' rule: targets 0.91 on the true class, 0.01
