@@ -57,11 +57,9 @@ def _confusions_by_split(logits_by_split, labels_by_split):
   num_splits, num_classes = len(names), logits_MxNxC.shape[-1]
 
   def confusions(predictions_N):  # [S, C, C]
-    cells_N = (split_N * num_classes + labels_N) * num_classes + predictions_N
-    counts = jax.ops.segment_sum(
-      jnp.ones_like(cells_N), cells_N, num_segments=num_splits * num_classes**2
+    return metrics.confusion_matrix(
+      labels_N, predictions_N, num_classes, groups=split_N, num_groups=num_splits
     )
-    return counts.reshape(num_splits, num_classes, num_classes)
 
   member_confusions = jax.vmap(lambda logits: confusions(logits.argmax(-1)))(logits_MxNxC)
   member_losses = jax.vmap(

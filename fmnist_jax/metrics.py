@@ -51,8 +51,10 @@ def confusion_matrix(
   predictions: jax.Array,
   num_classes: int,
   weights: jax.Array | None = None,
+  groups: jax.Array | None = None,
+  num_groups: int = 1,
 ) -> jax.Array:
-  """Counts (true class, predicted class) pairs.
+  """Counts (true class, predicted class) pairs, optionally per group of examples.
 
   Args:
     labels: int true classes in [0, num_classes), any shape.
@@ -60,9 +62,13 @@ def confusion_matrix(
     num_classes: C, static.
     weights: optional 0/1 float or bool mask, same shape as `labels`; 0 drops a
       (padded) example, whatever its label and prediction.
+    groups: optional int group of each example in [0, num_groups) (e.g. its
+      split), same shape as `labels`: one matrix per group from one count.
+    num_groups: G, static; used with `groups`.
 
   Returns:
-    int32 [C, C]; rows are true classes, columns predicted classes.
+    int32 [C, C], or [G, C, C] with `groups`; rows are true classes, columns
+    predicted classes.
   """
   # int32 before multiplying: uint8 labels would overflow labels * C.
   labels_N = jnp.ravel(labels).astype(jnp.int32)
@@ -74,8 +80,12 @@ def confusion_matrix(
   # int32, so there is no float rounding. Masked examples add 0 to whatever cell
   # they index (out-of-range cells are dropped), so padding with any label is safe.
   cells_N = labels_N * num_classes + predictions_N
-  counts_CC = jax.ops.segment_sum(counts_N, cells_N, num_segments=num_classes * num_classes)
-  return counts_CC.reshape(num_classes, num_classes)
+  if groups is None:
+    counts = jax.ops.segment_sum(counts_N, cells_N, num_segments=num_classes**2)
+    return counts.reshape(num_classes, num_classes)
+  cells_N += jnp.ravel(groups).astype(jnp.int32) * num_classes**2
+  counts = jax.ops.segment_sum(counts_N, cells_N, num_segments=num_groups * num_classes**2)
+  return counts.reshape(num_groups, num_classes, num_classes)
 
 
 def _safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:

@@ -125,6 +125,21 @@ def test_weights_mask_padding(weight_dtype):
   _assert_matches(ours, _sklearn_metrics(labels[keep], predictions[keep]))
 
 
+def test_groups_count_one_matrix_per_group():
+  labels, predictions = _random_case(11)
+  groups = np.random.default_rng(12).integers(0, 3, NUM_EXAMPLES)
+  cm = metrics.confusion_matrix(
+    jnp.asarray(labels), jnp.asarray(predictions), NUM_CLASSES, groups=groups, num_groups=3
+  )
+  assert cm.shape == (3, NUM_CLASSES, NUM_CLASSES)
+  for group in range(3):
+    in_group = groups == group
+    np.testing.assert_array_equal(
+      cm[group],
+      skm.confusion_matrix(labels[in_group], predictions[in_group], labels=range(NUM_CLASSES)),
+    )
+
+
 def test_uint8_labels_and_batched_shape():
   """Labels as stored on disk (uint8) and a [steps, batch] layout give the same counts."""
   labels, predictions = _random_case(9)
