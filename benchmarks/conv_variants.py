@@ -1,6 +1,7 @@
 """Ways to compute a 3x3 SAME convolution on the CPU, forward and backward inside a scan.
 
-  python -m benchmarks.conv_variants [--config=configs/resnet.py] [--variants=im2col,rows,winograd]
+  python -m benchmarks.conv_variants [--config=configs/resnet.py]
+      [--variants=im2col,hybrid,rows,winograd]
 
 Times, for every 3x3 convolution of the config's residual CNN at its batch size,
 a scanned loop of steps that each take the convolution's gradients with respect
@@ -10,6 +11,9 @@ each repeat (interleaved), and prints the median milliseconds per step:
 - im2col: the 9 shifted input slices concatenated on channels, one matmul
   (`layers._im2col_conv`, what `Conv` runs on CPU);
 - xla: `lax.conv_general_dilated`, the library convolution;
+- hybrid: the library convolution for the forward pass and the input gradient,
+  the kernel gradient as 9 shifted matmuls (`layers._hybrid_conv`, what `Conv`
+  runs on CPU with conv_impl="hybrid");
 - rows: the 3 width shifts concatenated (a third of im2col's copy), then 3
   height-shifted matmuls summed;
 - winograd: Winograd F(2x2, 3x3): 4x4 input tiles transformed, 16 matmuls with
@@ -45,6 +49,10 @@ def conv_im2col(x, kernel):
   return layers._im2col_conv(x, kernel, "SAME")
 
 
+def conv_hybrid(x, kernel):
+  return layers._hybrid_conv(x, kernel, layers._explicit_padding(x, kernel.shape[:2], "SAME"))
+
+
 def conv_rows(x, kernel):
   kh, kw, channels, features = kernel.shape
   _, height, width, _ = x.shape
@@ -78,7 +86,13 @@ def conv_winograd(x, kernel):
   return out.reshape(batch, 2 * tiles_h, 2 * tiles_w, features)[:, :height, :width]
 
 
-VARIANTS = {"im2col": conv_im2col, "xla": conv_xla, "rows": conv_rows, "winograd": conv_winograd}
+VARIANTS = {
+  "im2col": conv_im2col,
+  "xla": conv_xla,
+  "hybrid": conv_hybrid,
+  "rows": conv_rows,
+  "winograd": conv_winograd,
+}
 
 
 def conv_shapes(config) -> list[tuple[int, int, int, int]]:
@@ -148,7 +162,7 @@ def _define_flags():
   config_flags.DEFINE_config_file(
     "config", "configs/resnet.py", "A residual CNN config.", lock_config=True
   )
-  flags.DEFINE_list("variants", ["im2col", "rows", "winograd"], "Variants to time.")
+  flags.DEFINE_list("variants", ["im2col", "hybrid", "rows", "winograd"], "Variants to time.")
   flags.DEFINE_integer("steps", 10, "Steps in each timed scan.")
   flags.DEFINE_integer("repeats", 5, "Interleaved repeats.")
 

@@ -19,7 +19,9 @@ def get_config() -> ConfigDict:
   config.num_epochs = 10  # upper bound; early stopping may end sooner
   config.batch_size = 128  # training batch; the last partial batch is kept (as Keras)
   config.eval_batch_size = 1000  # evaluation batch; splits are padded and masked
-  # Convolution implementation: "auto" = im2col on CPU, XLA's conv elsewhere.
+  # Convolution implementation: "auto" = im2col on CPU, XLA's conv elsewhere; "hybrid" =
+  # XLA's conv with the kernel gradient as matmuls on CPU (faster for some models:
+  # fmnist_jax/layers.py), XLA's conv elsewhere; "im2col" or "xla" everywhere.
   config.conv_impl = "auto"
   # Layer arithmetic: "float32" (Keras' default), or "bfloat16" on GPU/TPU, where it is
   # faster; parameters, optimizer state, batch statistics and the loss stay float32.

@@ -1,4 +1,4 @@
-"""Layers and models: im2col equals XLA's conv, parameter counts, output shapes."""
+"""Layers and models: im2col and hybrid equal XLA's conv, parameter counts, output shapes."""
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +51,56 @@ def test_im2col_matches_xla_outputs_and_gradients(cls, padding, side, extra):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+  "padding,side,kernel_size,c_in",
+  [
+    ("SAME", 7, (3, 3), 4),
+    ("SAME", 6, (3, 3), 4),
+    ("VALID", 7, (3, 3), 4),
+    ("SAME", 7, (1, 1), 4),  # the residual blocks' projection
+    ("SAME", 6, (2, 3), 1),  # uneven SAME padding, one input channel
+    (((2, 0), (1, 3)), 5, (3, 3), 4),  # explicit, asymmetric padding
+  ],
+)
+def test_hybrid_matches_xla_outputs_and_gradients(padding, side, kernel_size, c_in):
+  x = jax.random.normal(jax.random.key(0), (3, side, side, c_in))
+  module = layers.Conv(c_in, 5, kernel_size, padding=padding, impl="xla", rngs=nnx.Rngs(0))
+
+  def loss(module, x):
+    return jnp.sum(jnp.sin(module(x)))
+
+  out_xla, grads_xla = module(x), nnx.grad(loss, argnums=(0, 1))(module, x)
+  module.impl = "hybrid"
+  out_hybrid, grads_hybrid = module(x), nnx.grad(loss, argnums=(0, 1))(module, x)
+  np.testing.assert_allclose(out_hybrid, out_xla, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(grads_hybrid), jax.tree.leaves(grads_xla), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_hybrid_computes_the_kernel_gradient_as_matmuls_not_a_convolution():
+  # XLA:CPU's kernel-gradient convolution is what the path exists to avoid.
+  x = jnp.ones((2, 6, 6, 4))
+
+  def convolutions_in_kernel_gradient(impl):
+    graphdef, params = nnx.split(layers.Conv(4, 5, impl=impl, rngs=nnx.Rngs(0)))
+    loss = lambda params: jnp.sum(nnx.merge(graphdef, params)(x) ** 2)  # noqa: E731
+    return jax.jit(jax.grad(loss)).lower(params).as_text().count("stablehlo.convolution")
+
+  assert convolutions_in_kernel_gradient("xla") == 2  # forward, kernel gradient
+  assert convolutions_in_kernel_gradient("hybrid") == 1  # forward only
+
+
+def test_hybrid_runs_strided_convolutions_as_im2col_and_in_bfloat16():
+  x = jax.random.normal(jax.random.key(0), (2, 7, 7, 4))
+  strided = layers.Conv(4, 5, strides=2, impl="xla", rngs=nnx.Rngs(0))
+  expected = strided(x)
+  strided.impl = "hybrid"
+  np.testing.assert_allclose(strided(x), expected, rtol=1e-5, atol=1e-5)
+  half = layers.Conv(4, 5, impl="hybrid", dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  grads = nnx.grad(lambda m: jnp.sum(m(x).astype(jnp.float32)))(half)
+  assert half(x).dtype == jnp.bfloat16 and grads.kernel[...].dtype == jnp.float32
+
+
 def test_conv_transpose_output_sizes_match_the_study():
   # A3's decoder: 3 -> 7 (VALID), 7 -> 14 -> 28 (SAME), all stride 2.
   for impl in ("xla", "im2col"):
@@ -66,7 +116,9 @@ def test_max_pool_matches_reduce_window_and_drops_ragged_edge():
 
 
 def test_conv_impl_auto_resolves_by_backend_and_rejects_unknown():
-  assert layers.resolve_conv_impl("auto") == ("im2col" if jax.default_backend() == "cpu" else "xla")
+  on_cpu = jax.default_backend() == "cpu"
+  assert layers.resolve_conv_impl("auto") == ("im2col" if on_cpu else "xla")
+  assert layers.resolve_conv_impl("hybrid") == ("hybrid" if on_cpu else "xla")
   with pytest.raises(ConfigError, match="conv_impl"):
     layers.resolve_conv_impl("cudnn")
 
