@@ -19,6 +19,22 @@ def _dense_params(n_in, n_out):
   return n_in * n_out + n_out
 
 
+def _assert_matches_xla(module, x, impl):
+  """`module` computes the outputs and gradients of XLA's convolution with `impl`."""
+
+  def loss(module, x):
+    return jnp.sum(jnp.sin(module(x)))
+
+  def outputs_and_grads(impl):
+    module.impl = impl
+    return module(x), nnx.grad(loss, argnums=(0, 1))(module, x)
+
+  (out_xla, grads_xla), (out, grads) = outputs_and_grads("xla"), outputs_and_grads(impl)
+  np.testing.assert_allclose(out, out_xla, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_xla), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize(
   "cls,padding,side,extra",
   [
@@ -37,18 +53,7 @@ def _dense_params(n_in, n_out):
 def test_im2col_matches_xla_outputs_and_gradients(cls, padding, side, extra):
   x = jax.random.normal(jax.random.key(0), (3, side, side, 4))
   extra = {"kernel_size": (3, 3), **extra}
-  module = cls(4, 5, padding=padding, impl="xla", rngs=nnx.Rngs(0), **extra)
-
-  def loss(module, x):
-    return jnp.sum(jnp.sin(module(x)))
-
-  module.impl = "xla"
-  out_xla, grads_xla = module(x), nnx.grad(loss, argnums=(0, 1))(module, x)
-  module.impl = "im2col"
-  out_im2col, grads_im2col = module(x), nnx.grad(loss, argnums=(0, 1))(module, x)
-  np.testing.assert_allclose(out_im2col, out_xla, rtol=1e-5, atol=1e-5)
-  for a, b in zip(jax.tree.leaves(grads_im2col), jax.tree.leaves(grads_xla), strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  _assert_matches_xla(cls(4, 5, padding=padding, rngs=nnx.Rngs(0), **extra), x, "im2col")
 
 
 @pytest.mark.parametrize(
@@ -64,17 +69,8 @@ def test_im2col_matches_xla_outputs_and_gradients(cls, padding, side, extra):
 )
 def test_hybrid_matches_xla_outputs_and_gradients(padding, side, kernel_size, c_in):
   x = jax.random.normal(jax.random.key(0), (3, side, side, c_in))
-  module = layers.Conv(c_in, 5, kernel_size, padding=padding, impl="xla", rngs=nnx.Rngs(0))
-
-  def loss(module, x):
-    return jnp.sum(jnp.sin(module(x)))
-
-  out_xla, grads_xla = module(x), nnx.grad(loss, argnums=(0, 1))(module, x)
-  module.impl = "hybrid"
-  out_hybrid, grads_hybrid = module(x), nnx.grad(loss, argnums=(0, 1))(module, x)
-  np.testing.assert_allclose(out_hybrid, out_xla, rtol=1e-5, atol=1e-5)
-  for a, b in zip(jax.tree.leaves(grads_hybrid), jax.tree.leaves(grads_xla), strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  module = layers.Conv(c_in, 5, kernel_size, padding=padding, rngs=nnx.Rngs(0))
+  _assert_matches_xla(module, x, "hybrid")
 
 
 def test_hybrid_computes_the_kernel_gradient_as_matmuls_not_a_convolution():
