@@ -134,6 +134,16 @@ def _explicit_padding(x_BxHxWxC, kernel_size, padding, strides=(1, 1)):
   return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
+def _shifted_slices(padded_BxHxWxC, kernel_size, out_size, strides=(1, 1)):
+  """The input under each kernel tap (i, j), row-major: kh*kw [B, Ho, Wo, C] slices."""
+  (kh, kw), (out_h, out_w), (sh, sw) = kernel_size, out_size, strides
+  return [
+    padded_BxHxWxC[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :]
+    for i in range(kh)
+    for j in range(kw)
+  ]
+
+
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -165,12 +175,9 @@ def _hybrid_conv_backward(padding, residuals, dy_BxHoxWoxF):
   padded = jnp.pad(x_BxHxWxC, ((0, 0), (top, bottom), (left, right), (0, 0)))
   _, out_h, out_w, _ = dy_BxHoxWoxF.shape
   dy_PxF = dy_BxHoxWoxF.reshape(-1, features)
-  taps = [
-    padded[:, i : i + out_h, j : j + out_w, :].reshape(-1, channels).T @ dy_PxF
-    for i in range(kh)
-    for j in range(kw)
-  ]
-  dkernel = jnp.stack(taps).reshape(kernel_KhxKwxCxF.shape)
+  taps = _shifted_slices(padded, (kh, kw), (out_h, out_w))
+  dkernel = jnp.stack([tap.reshape(-1, channels).T @ dy_PxF for tap in taps])
+  dkernel = dkernel.reshape(kernel_KhxKwxCxF.shape)
   return dx_BxHxWxC, dkernel
 
 
@@ -186,14 +193,7 @@ def _im2col_conv(x_BxHxWxC, kernel_KhxKwxCxF, padding, strides=(1, 1)):
   _, height, width, _ = x_BxHxWxC.shape
   out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
   # Slice order (i, j) outer and channels inner matches the HWIO kernel's reshape.
-  patches = jnp.concatenate(
-    [
-      x_BxHxWxC[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :]
-      for i in range(kh)
-      for j in range(kw)
-    ],
-    axis=-1,
-  )
+  patches = jnp.concatenate(_shifted_slices(x_BxHxWxC, (kh, kw), (out_h, out_w), strides), axis=-1)
   return patches @ kernel_KhxKwxCxF.reshape(-1, features)
 
 

@@ -1086,16 +1086,16 @@ def fit(
     summaries.log_results(config, results["members"])
     run.write_results(results)
   if config.figures:
-    smoothing = [config.label_smoothing] + [
-      member["hyperparameters"].get("label_smoothing", 0.0) for member in results["members"]
-    ]
+    smoothed = bool(config.label_smoothing) or any(  # the config's, or a swept member's
+      member["hyperparameters"].get("label_smoothing") for member in results["members"]
+    )
     analysis.write_run_outputs(
       run.path,
       workdir.name,
       results,
       dataset.test,
       jax.device_get(logits["test"]),
-      smoothed_train_loss=max(smoothing) > 0,
+      smoothed_train_loss=smoothed,
     )
   return results
 
