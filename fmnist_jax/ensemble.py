@@ -12,6 +12,7 @@ several runs (`fmnist_jax/runs.py`). Rules:
 """
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import jax
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fmnist_jax import metrics
+from fmnist_jax import metrics, platform
 
 RULES = ("softmax_sum", "mean_logit", "vote")
 # The studies' rule (B3, B6), used for headline numbers and gains.
@@ -41,7 +42,7 @@ def combine(logits_MxNxC: jax.Array, rule: str) -> jax.Array:
   raise ValueError(f"unknown ensemble rule {rule!r}; choose one of {list(RULES)}")
 
 
-@jax.jit
+@partial(jax.jit, compiler_options=platform.cheap_program_options())  # runs once per run
 def _confusions_by_split(logits_by_split, labels_by_split):
   """Per split: every member's confusion matrix and loss sum, and every rule's confusion matrix.
 

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fmnist_jax import platform
+
 # `from_confusion`'s outputs: scalars (macro over classes), then per-class [C].
 SCALAR_KEYS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
 PER_CLASS_KEYS = ("precision", "recall", "f1", "support")
@@ -132,7 +134,7 @@ def from_confusion(cm: jax.Array) -> dict[str, jax.Array]:
 
 
 # One compiled program per shape, so `summarize` does not dispatch op by op.
-_from_confusion_jit = jax.jit(from_confusion)
+_from_confusion_jit = jax.jit(from_confusion, compiler_options=platform.cheap_program_options())
 
 
 def _to_python(value: np.ndarray) -> float | int | list:

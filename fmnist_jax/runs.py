@@ -16,6 +16,7 @@ import dataclasses
 import json
 import pathlib
 import sys
+from functools import partial
 from typing import Any
 
 import jax
@@ -50,6 +51,12 @@ class Run:
     return [f"{self.workdir.name}/seed{member['seed']}" for member in self.results["members"]]
 
 
+def _on_this_device(abstract):
+  """Shapes on this process's first device: a restore target that compiles no copy of a leaf."""
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+
+
 def load_run(workdir: str | pathlib.Path) -> Run:
   """Restores a finished run's members (best weights where its results used them)."""
   workdir = pathlib.Path(workdir)
@@ -79,7 +86,9 @@ def load_run(workdir: str | pathlib.Path) -> Run:
     restored = run_dir.restore_latest(
       {
         "state": state.checkpointed(),
-        "early_stopping": train.EarlyStopping.create(state, len(members)),
+        "early_stopping": _on_this_device(
+          jax.eval_shape(partial(train.EarlyStopping.create, num_members=len(members)), state)
+        ),
       }
     )
   if restored is None:
@@ -106,8 +115,8 @@ def _run_logits(runs: list[Run]) -> dict[str, np.ndarray]:
         f"{run.workdir} and {first.workdir} use different data (data.{', data.'.join(differs)}); "
         f"an ensemble's members must be scored on the same splits"
       )
-  images = {name: jax.device_put(split.images) for name, split in first.dataset.splits().items()}
-  by_run = [jax.device_get(run.trainer.predict_splits(run.state, images)) for run in runs]
+  images = {name: split.images for name, split in first.dataset.splits().items()}
+  by_run = [run.trainer.predict_splits(run.state, images) for run in runs]
   return {name: np.concatenate([logits[name] for logits in by_run]) for name in images}
 
 

@@ -7,8 +7,12 @@ Everything that runs per example is a pure function of
 
   init(key)                         -> TrainState
   train_epoch(state, images, labels, key) -> state, per-step metrics   (one lax.scan)
-  evaluate(state, images, labels)   -> confusion matrix, loss sum      (one lax.scan)
+  evaluate_batch(state, images, labels, weights) -> logits, confusion matrix, loss sum
   predict(state, images)            -> logits
+
+Evaluation runs one compiled batch program over fixed-size batches from the
+host, so a run's per-epoch validation and its final prediction of every split
+share one forward program whatever the splits' sizes.
 
 `fit(config, workdir)` drives them: data -> model -> [pre-training] -> per epoch
 (train_epoch -> evaluate val -> write metrics -> early stopping -> checkpoint)
@@ -341,7 +345,7 @@ def _select(mask_M, new, old):
 
 
 # Outside a program, one compiled selection instead of a small program per leaf.
-_select_jit = jax.jit(_select)
+_select_jit = jax.jit(_select, compiler_options=platform.cheap_program_options())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -365,7 +369,6 @@ class Trainer:
   init: Callable  # (key, hyperparams=None) -> TrainState
   train_step: Callable  # (state, (images, labels, weights), key) -> state, metrics; jitted
   train_epoch: Callable  # (state, images, labels, key) -> state, {"loss", "correct", "count"}
-  evaluate: Callable  # (state, images, labels) -> (confusion matrix, loss sum)
   predict: Callable  # (state, images) -> logits
   # (keys[M], {name: values[M]}, [dropout rates[M], label smoothing[M]]; None: the config's)
   # -> stacked TrainState
@@ -373,10 +376,11 @@ class Trainer:
   member_dropout_rates: Callable  # ({"model.<key>": value}) -> DropoutRate state
   init_optimizer_members: Callable  # (params[M], {name: values[M]}) -> fresh opt_state[M]
   train_members: Callable  # (state, active[M], images, labels, keys[M]) -> state, metrics[M]
-  evaluate_members: Callable  # (state, images, labels) -> confusion[M], loss sum[M]
-  predict_members: Callable  # (state, images) -> logits[M, N, C]
-  # (state, {split: images}) -> {split: logits[M, N, C]}: one program for every split
-  predict_splits: Callable
+  # (state, images[B], labels[B], 0/1 weights[B]) -> logits[M, B, C], confusion[M], loss sum[M],
+  # B = eval_batch_size: the one forward program of `evaluate_members` and `predict_splits`
+  evaluate_batch_members: Callable
+  predict_members: Callable  # (state, images) -> logits[M, N, C]; one program per N
+  layout: parallel.Layout
 
   @classmethod
   def create(
@@ -449,7 +453,7 @@ class Trainer:
       layout.split_batch,
       augment=augment_lib.make_augment(config.augment),
     )
-    evaluate, predict = make_evaluate(
+    evaluate_batch, predict = make_evaluate(
       eval_graphdef,
       preprocess,
       config.eval_batch_size,
@@ -467,15 +471,6 @@ class Trainer:
     def init_members(keys_M, hyperparams_M, dropout_rates_M=None, label_smoothing_M=None):
       return init_each(keys_M, hyperparams_M, dropout_rates_M, label_smoothing_M)
 
-    predict_each = over(predict, (0, None))
-
-    def predict_splits(state, images_by_split):
-      # One concatenated array, so the run compiles one prediction whatever its splits' sizes.
-      names = list(images_by_split)
-      logits = predict_each(state, jnp.concatenate([images_by_split[n] for n in names]))
-      ends = np.cumsum([images_by_split[n].shape[0] for n in names])[:-1].tolist()
-      return dict(zip(names, jnp.split(logits, ends, axis=1), strict=True))
-
     def train_or_skip(state, active, images, labels, key):
       """A member's epoch, or (one after another, where a branch is really skipped) none
       for a stopped member: its state as it was, and zero metrics."""
@@ -490,6 +485,7 @@ class Trainer:
       # Stopped or diverged members keep their weights while the others train on.
       return _select(active_M, new_state, state), step_metrics
 
+    cheap = platform.cheap_program_options()  # programs run once per run
     return cls(
       train_graphdef=train_graphdef,
       eval_graphdef=eval_graphdef,
@@ -504,16 +500,58 @@ class Trainer:
       init=layout.jit(init),
       train_step=layout.jit(train_step, donate_argnums=0),
       train_epoch=layout.jit(train_epoch, donate_argnums=0),
-      evaluate=layout.jit(evaluate),
       predict=layout.jit(predict),
-      init_members=layout.jit(init_members),
+      init_members=layout.jit(init_members, compiler_options=cheap),
       member_dropout_rates=member_dropout_rates,
-      init_optimizer_members=layout.jit(over(init_optimizer, (0, 0))),
+      init_optimizer_members=layout.jit(over(init_optimizer, (0, 0)), compiler_options=cheap),
       train_members=layout.jit(train_members, donate_argnums=0),
-      evaluate_members=layout.jit(over(evaluate, (0, None, None))),
-      predict_members=layout.jit(predict_each),
-      predict_splits=layout.jit(predict_splits),
+      evaluate_batch_members=layout.jit(over(evaluate_batch, (0, None, None, None))),
+      predict_members=layout.jit(over(predict, (0, None))),
+      layout=layout,
     )
+
+  def _evaluate_batches(self, state: TrainState, images, labels=None) -> list:
+    """`evaluate_batch_members` over host images in eval batches (the last padded with
+    weight-0 examples), dispatched without waiting; the per-batch outputs, on device."""
+    outputs = []
+    for start in range(0, images.shape[0], self.eval_batch_size):
+      batch_images = np.asarray(images[start : start + self.eval_batch_size])
+      count = batch_images.shape[0]
+      batch_labels = np.zeros(count, np.int32) if labels is None else labels[start : start + count]
+      batch_labels = np.asarray(batch_labels, np.int32)
+      padding = self.eval_batch_size - count
+      weights = np.concatenate([np.ones(count, np.float32), np.zeros(padding, np.float32)])
+      if padding:
+        batch_images = np.pad(batch_images, [(0, padding), (0, 0), (0, 0)])
+        batch_labels = np.pad(batch_labels, (0, padding))
+      outputs.append(
+        self.evaluate_batch_members(
+          state, *(self.layout.replicate(a) for a in (batch_images, batch_labels, weights))
+        )
+      )
+    return outputs
+
+  def evaluate_members(self, state: TrainState, images, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Every member's confusion matrix [M, C, C] and loss sum [M] on host `images`, `labels`."""
+    batches = jax.device_get(
+      [(confusion, loss) for _, confusion, loss in self._evaluate_batches(state, images, labels)]
+    )
+    confusion_M = np.sum([confusion for confusion, _ in batches], axis=0, dtype=np.int32)
+    loss_sum_M = np.sum([loss for _, loss in batches], axis=0, dtype=np.float64)
+    return confusion_M, loss_sum_M
+
+  def predict_splits(self, state: TrainState, images_by_split) -> dict[str, np.ndarray]:
+    """{split: every member's logits [M, N, C]} for host images, one program for every split."""
+    outputs = {
+      name: self._evaluate_batches(state, images) for name, images in images_by_split.items()
+    }
+    logits = jax.device_get(
+      {name: [out[0] for out in batches] for name, batches in outputs.items()}
+    )
+    return {
+      name: np.concatenate(logits[name], axis=1)[:, : images_by_split[name].shape[0]]
+      for name in images_by_split
+    }
 
   def init_state(self, members: "Members") -> TrainState:
     """The members' stacked initial state; member m's is a single run's with its seed."""
@@ -620,7 +658,8 @@ def _padded_batches(array, batch_size: int):
 def make_evaluate(
   graphdef, preprocess, batch_size: int, split_batch=lambda b: b, flip_average: bool = False
 ):
-  """Jitted evaluation (confusion matrix and loss sum) and prediction, scanned over batches.
+  """Evaluation of one batch (logits, confusion matrix and loss sum), and prediction of
+  any number of images (scanned over batches).
 
   `flip_average`: test-time augmentation, the mean logits of each image and its mirror.
   """
@@ -633,34 +672,24 @@ def make_evaluate(
       return (logits_of(inputs) + logits_of(inputs[:, :, ::-1])) / 2
     return logits_of(inputs)
 
-  def evaluate(state: TrainState, images_Nx28x28, labels_N):
-    weights = jnp.ones(labels_N.shape, jnp.float32)
-    batches = tuple(_padded_batches(a, batch_size) for a in (images_Nx28x28, labels_N, weights))
-
-    def body(carry, batch):
-      confusion, loss_sum = carry
-      images, labels, batch_weights = batch
-      logits = logits_fn(state, images)
-      losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-      confusion += metrics.confusion_matrix(
-        labels, logits.argmax(-1), data.NUM_CLASSES, batch_weights
-      )
-      return (confusion, loss_sum + (losses * batch_weights).sum()), None
-
-    init = (jnp.zeros((data.NUM_CLASSES, data.NUM_CLASSES), jnp.int32), jnp.zeros(()))
-    return jax.lax.scan(body, init, batches)[0]
+  def evaluate_batch(state: TrainState, images_Bx28x28, labels_B, weights_B):
+    """Logits, the confusion matrix and the loss sum of one batch (weight 0: padding)."""
+    logits = logits_fn(state, images_Bx28x28)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels_B)
+    confusion = metrics.confusion_matrix(labels_B, logits.argmax(-1), data.NUM_CLASSES, weights_B)
+    return logits, confusion, (losses * weights_B).sum()
 
   def predict(state: TrainState, images_Nx28x28):
     batches = _padded_batches(images_Nx28x28, batch_size)
     logits = jax.lax.map(partial(logits_fn, state), batches)
     return logits.reshape(-1, logits.shape[-1])[: images_Nx28x28.shape[0]]
 
-  return evaluate, predict
+  return evaluate_batch, predict
 
 
 def _member_val_metrics(trainer: Trainer, state: TrainState, images, labels) -> list[dict]:
-  """Every member's validation metrics from one vmapped evaluation."""
-  confusion_M, loss_sum_M = jax.device_get(trainer.evaluate_members(state, images, labels))
+  """Every member's validation metrics from one vmapped evaluation of host images, labels."""
+  confusion_M, loss_sum_M = trainer.evaluate_members(state, images, labels)
   return [
     metrics.summarize(confusion, loss_sum, labels.shape[0])
     for confusion, loss_sum in zip(confusion_M, loss_sum_M, strict=True)
@@ -674,9 +703,12 @@ def epoch_key(seed: int, stream: int, epoch: int):
 
 # Every member's key of one (stream, epoch); a member's keys are those of a single run
 # with its seed, so member m of a vmapped run reproduces `--config.seed=<its seed>`.
-_member_epoch_keys = jax.jit(jax.vmap(epoch_key, in_axes=(0, None, None)))
+_member_epoch_keys = jax.jit(
+  jax.vmap(epoch_key, in_axes=(0, None, None)), compiler_options=platform.cheap_program_options()
+)
 _member_init_keys = jax.jit(
-  jax.vmap(lambda seed: jax.random.fold_in(jax.random.key(seed), _TRAIN_STREAM))
+  jax.vmap(lambda seed: jax.random.fold_in(jax.random.key(seed), _TRAIN_STREAM)),
+  compiler_options=platform.cheap_program_options(),
 )
 
 
@@ -756,9 +788,7 @@ def _divergence_error(
   )
 
 
-def _pretrain(
-  config, trainer_args, members: Members, state, device_data, log, layout
-) -> TrainState:
+def _pretrain(config, trainer_args, members: Members, state, train_data, log, layout) -> TrainState:
   """Trains the autoencoders on reconstruction; returns states with their own, fresh optimizer."""
   pre = config.pretrain
 
@@ -778,7 +808,7 @@ def _pretrain(
   # A copy: train_members donates its state, and `state` must stay valid for the caller.
   pre_state = jax.tree.map(jnp.copy, state)
   pre_state = pre_state.replace(opt_state=trainer.init_optimizer_members(pre_state.params, {}))
-  images, labels = device_data["train"]
+  images, labels = train_data
   active = jnp.ones((len(members),), bool)
   for epoch in range(pre.num_epochs):
     pre_state, step_metrics = trainer.train_members(
@@ -858,10 +888,8 @@ def fit(
 
   with run:  # closed (saves finished, lock released) however training ends
     layout = parallel.make_layout(config)
-    device_data = {
-      name: (layout.replicate(split.images), layout.replicate(split.labels))
-      for name, split in dataset.splits().items()
-    }
+    # Training reads the uint8 split on the device; evaluation feeds host batches.
+    train_data = (layout.replicate(dataset.train.images), layout.replicate(dataset.train.labels))
     members = members or members_of(config)
     num_members = len(members)
     trainer_args = (dataset.train.images, len(dataset.train))
@@ -870,19 +898,23 @@ def fit(
     # From shapes alone: indexing the arrays would compile one small program per leaf.
     num_params = models.count_params(trainer.model(jax.eval_shape(member, state, 0)))
     # Jitted, so its arrays live where the state does (replicated on a mesh).
-    new_early_stopping = layout.jit(partial(EarlyStopping.create, num_members=num_members))
+    cheap = platform.cheap_program_options()  # the small programs of early stopping
+    new_early_stopping = layout.jit(
+      partial(EarlyStopping.create, num_members=num_members), compiler_options=cheap
+    )
     early = new_early_stopping(state)
     es_config = config.early_stopping
-    has_val = "val" in device_data
+    has_val = dataset.validation is not None
     update_members = jax.jit(
       jax.vmap(
         partial(update_early_stopping, patience=es_config.patience, min_delta=es_config.min_delta),
         in_axes=(0, 0, 0, None, 0),
-      )
+      ),
+      compiler_options=cheap,
     )
     peak_learning_rates = members.learning_rates()
     # The learning-rate multiplier of each step of an epoch, compiled once for all epochs.
-    epoch_schedule = jax.jit(jax.vmap(trainer.schedule))
+    epoch_schedule = jax.jit(jax.vmap(trainer.schedule), compiler_options=cheap)
 
     start_epoch = 0
     restored = run.restore_latest({"state": state.checkpointed(), "early_stopping": early})
@@ -892,7 +924,7 @@ def fit(
       early = payload["early_stopping"]
     elif config.pretrain.num_epochs > 0:
       pretrained = _pretrain(
-        config, trainer_args, members, state, device_data, run.log_metrics, layout
+        config, trainer_args, members, state, train_data, run.log_metrics, layout
       )
       state = state.replace(
         params=pretrained.params,
@@ -941,7 +973,7 @@ def fit(
         state, step_metrics = trainer.train_members(
           state,
           jnp.asarray(active),
-          *device_data["train"],
+          *train_data,
           members.epoch_keys(_TRAIN_STREAM, epoch),
         )
         step_metrics = jax.device_get(step_metrics)
@@ -975,7 +1007,9 @@ def fit(
           early = early.replace(diverged=early.diverged | jnp.asarray(diverged_now))
         first_step = int(steps_before.max())
         multipliers_S = np.broadcast_to(  # a constant schedule returns a scalar
-          epoch_schedule(jnp.arange(first_step, first_step + trainer.steps_per_epoch)),
+          epoch_schedule(
+            np.arange(first_step, first_step + trainer.steps_per_epoch, dtype=np.int32)
+          ),
           (trainer.steps_per_epoch,),
         )
         learning_rates = peak_learning_rates * multipliers_S[0]
@@ -1004,7 +1038,9 @@ def fit(
         if has_val:
           # With ema_decay, validation and early stopping see the averaged weights.
           evaluated = averaged_state(config, state)
-          val_metrics = _member_val_metrics(trainer, evaluated, *device_data["val"])
+          val_metrics = _member_val_metrics(
+            trainer, evaluated, dataset.validation.images, dataset.validation.labels
+          )
           for record, val in zip(records, val_metrics, strict=True):
             record.update({f"val/{key}": val[key] for key in _VAL_KEYS})
           early = update_members(
@@ -1050,10 +1086,11 @@ def fit(
     final_state, restore = final_states(config, state, early, has_validation=has_val)
     # One forward pass over every split gives every member's metrics and the ensembles'.
     logits = trainer.predict_splits(
-      final_state, {name: images for name, (images, _) in device_data.items()}
+      final_state, {name: split.images for name, split in dataset.splits().items()}
     )
-    logits = {name: logits[name] for name in device_data}  # train, val, test (jit sorts keys)
-    scored = ensemble.score(logits, {name: labels for name, (_, labels) in device_data.items()})
+    scored = ensemble.score(
+      logits, {name: split.labels for name, split in dataset.splits().items()}
+    )
     member_metrics = scored["members"]
     steps = np.asarray(state.step)
     results = {

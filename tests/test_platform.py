@@ -6,6 +6,8 @@ import sys
 
 import jax
 import numpy as np
+from ml_collections import ConfigDict
+from small import NUM_TRAIN, small_config
 
 from fmnist_jax import platform, train  # noqa: F401  (importing train applies the lowering)
 
@@ -45,3 +47,26 @@ def test_unrolled_threefry_compiles_without_a_loop():
   )
   assert jax.default_backend() == "cpu"
   assert " while(" not in hlo
+
+
+def test_cheap_program_options_apply_only_where_no_accelerator_plugin_is_installed(monkeypatch):
+  monkeypatch.setattr(platform, "_accelerator_plugin_installed", lambda: False)
+  assert platform.cheap_program_options() == platform.CHEAP_PROGRAM_OPTIONS
+  monkeypatch.setattr(platform, "_accelerator_plugin_installed", lambda: True)
+  assert platform.cheap_program_options() == {}
+
+
+def test_initial_weights_compiled_cheaply_equal_the_optimised_programs(small_dataset):
+  """init_members compiles with the cheap options; init with the default ones. Same bits."""
+  cnn = {"name": "cnn", "conv_features": (4, 8), "dense_sizes": (16,), "batch_norm": True}
+  for model in (small_config().model, ConfigDict({**cnn, "pool": (True, True)})):
+    config = small_config(model=model, num_seeds=2, seed=3)
+    trainer = train.Trainer.create(config, small_dataset.train.images, NUM_TRAIN, num_members=2)
+    members = train.members_of(config)
+    stacked = trainer.init_state(members)
+    for index, key in enumerate(members.init_keys()):
+      single = trainer.init(key)
+      for got, want in zip(
+        jax.tree.leaves(train.member(stacked, index)), jax.tree.leaves(single), strict=True
+      ):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -75,25 +75,29 @@ def test_epochs_compile_once(small_dataset):
     jax.device_put(small_dataset.train.labels),
   )
   keys = [jax.random.key(epoch) for epoch in range(3)]
-  with jax.transfer_guard("disallow"):  # no host round trip inside the epoch
-    for key in keys:
+  for key in keys:
+    with jax.transfer_guard("disallow"):  # no host round trip inside the epoch
       state, _ = trainer.train_epoch(state, images, labels, key)
-      trainer.evaluate(state, images, labels)
+    # Every split size, one evaluation program: fixed-size host batches.
+    for split in small_dataset.splits().values():
+      stacked = jax.tree.map(lambda x: x[None], state)  # one member
+      trainer.evaluate_members(stacked, split.images, split.labels)
   assert trainer.train_epoch._cache_size() == 1
-  assert trainer.evaluate._cache_size() == 1
+  assert trainer.evaluate_batch_members._cache_size() == 1
 
 
 def test_every_split_predicted_in_one_program_equals_each_split_alone(small_dataset):
   config = small_config(num_seeds=2)
   trainer = train.Trainer.create(config, small_dataset.train.images, NUM_TRAIN, num_members=2)
   state = trainer.init_state(train.members_of(config))
-  splits = {name: jax.device_put(split.images) for name, split in small_dataset.splits().items()}
+  splits = {name: split.images for name, split in small_dataset.splits().items()}
   together = trainer.predict_splits(state, splits)
-  assert list(together) == sorted(splits)  # a dict out of jit: sorted keys
+  assert list(together) == list(splits)
   for name, images in splits.items():
     assert together[name].shape == (2, images.shape[0], data.NUM_CLASSES)
-    np.testing.assert_allclose(together[name], trainer.predict_members(state, images), atol=1e-6)
-  assert trainer.predict_splits._cache_size() == 1
+    alone = trainer.predict_members(state, jax.device_put(images))
+    np.testing.assert_allclose(together[name], alone, atol=1e-6)
+  assert trainer.evaluate_batch_members._cache_size() == 1
 
 
 def test_every_example_is_seen_once_per_epoch_with_a_partial_last_batch():
