@@ -835,8 +835,11 @@ def _pretrain(config, trainer_args, members: Members, state, train_data, log, la
 _VAL_KEYS = ("loss", "accuracy", "precision_macro", "recall_macro", "f1_macro")
 
 
-def protocol(config: ConfigDict, dataset: data.Dataset) -> str:
-  """How the numbers were made, in one line (for tables and results.json)."""
+def protocol(config: ConfigDict, dataset: data.Dataset, members: Members | None = None) -> str:
+  """How the numbers were made, in one line (for tables and results.json).
+
+  Label smoothing is the members' where they set it (a sweep), else the config's.
+  """
   sizes = f"train {len(dataset.train):,}"
   if dataset.validation is not None:
     split = config.data.validation_split
@@ -850,11 +853,17 @@ def protocol(config: ConfigDict, dataset: data.Dataset) -> str:
     if es.enabled
     else f"{config.num_epochs} epochs"
   )
-  smoothing = (
-    f"; training targets smoothed by {config.label_smoothing:g} (val and test losses: true labels)"
-    if config.label_smoothing
-    else ""
-  )
+  values = (config.label_smoothing,)
+  if members is not None and "label_smoothing" in members.hyperparams:
+    values = members.hyperparams["label_smoothing"]
+  smoothed = sorted({float(value) for value in values if value})
+  smoothing = ""
+  if smoothed:
+    which = " (the members with label_smoothing > 0)" if not all(values) else ""
+    smoothing = (
+      f"; training targets smoothed by {', '.join(f'{v:g}' for v in smoothed)}{which} "
+      f"(val and test losses: true labels)"
+    )
   return f"{sizes}; inputs {config.data.preprocessing}; {stopping}{smoothing}"
 
 
@@ -1097,7 +1106,7 @@ def fit(
       "model": config.model.name,
       "num_params": num_params,
       "num_members": num_members,
-      "protocol": protocol(config, dataset),
+      "protocol": protocol(config, dataset, members),
       "data": dataset.source,
       "summary": metrics.across_members(member_metrics),
       "members": [

@@ -91,7 +91,15 @@ def test_curves_say_when_the_train_loss_is_on_smoothed_targets(tmp_path, monkeyp
 def test_the_protocol_names_label_smoothing(small_dataset):
   assert "smoothed" not in train.protocol(small_config(), small_dataset)
   line = train.protocol(small_config(label_smoothing=0.1), small_dataset)
-  assert "training targets smoothed by 0.1" in line
+  assert "training targets smoothed by 0.1 (val" in line
+  # A sweep over label smoothing: the members' values, not the config's 0.
+  sweep = train.Members(seeds=(0, 0, 0), hyperparams={"label_smoothing": (0.0, 0.05, 0.1)})
+  line = train.protocol(small_config(), small_dataset, sweep)
+  assert "smoothed by 0.05, 0.1 (the members with label_smoothing > 0)" in line
+  unsmoothed = train.Members(seeds=(0,), hyperparams={"label_smoothing": (0.0,)})
+  assert "smoothed" not in train.protocol(
+    small_config(label_smoothing=0.1), small_dataset, unsmoothed
+  )
 
 
 def test_compare_writes_a_per_class_chart_and_table(use_small_dataset, tmp_path):
