@@ -111,7 +111,18 @@ def test_checkpoints_every_n_epochs_and_at_the_end(use_small_dataset, tmp_path):
   assert stopped_at < 50 and committed_epochs(tmp_path / "early")[-1] == stopped_at
 
 
-def test_a_second_ctrl_c_does_not_cut_off_the_last_save(use_small_dataset, tmp_path, monkeypatch):
+@pytest.fixture
+def python_sigint_handler():
+  """Python's own SIGINT handler, as a terminal's python starts with (a shell's background
+  job, e.g. `pytest &`, inherits SIGINT ignored); the outer handler is put back after."""
+  outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, outer)
+
+
+def test_a_second_ctrl_c_does_not_cut_off_the_last_save(
+  use_small_dataset, tmp_path, monkeypatch, python_sigint_handler
+):
   """Ctrl-C in epoch 2, then another while the run waits for epoch 1's save (as `uv run`
   forwarding the terminal's SIGINT): the save completes and the first interrupt ends fit."""
   log_metrics = checkpoint.RunDir.log_metrics
