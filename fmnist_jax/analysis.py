@@ -313,6 +313,10 @@ def plot_learning_curves(
       axes[0].scatter(
         [r["epoch"] for r in minima], [r["val_loss"] for r in minima], s=10, color="black"
       )
+  from matplotlib.ticker import MaxNLocator
+
+  for ax in axes:  # whole epochs only, also for runs of a few epochs
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   fig.suptitle(f"{title} (dots: new minima of the validation loss)", fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=FIGURE_DPI)
