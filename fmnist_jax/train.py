@@ -344,8 +344,11 @@ def _select(mask_M, new, old):
   )
 
 
+# XLA options for the small programs a run compiles but barely runs (platform.py).
+_CHEAP = platform.cheap_program_options()
+
 # Outside a program, one compiled selection instead of a small program per leaf.
-_select_jit = jax.jit(_select, compiler_options=platform.cheap_program_options())
+_select_jit = jax.jit(_select, compiler_options=_CHEAP)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -485,7 +488,6 @@ class Trainer:
       # Stopped or diverged members keep their weights while the others train on.
       return _select(active_M, new_state, state), step_metrics
 
-    cheap = platform.cheap_program_options()  # programs run once per run
     return cls(
       train_graphdef=train_graphdef,
       eval_graphdef=eval_graphdef,
@@ -501,19 +503,20 @@ class Trainer:
       train_step=layout.jit(train_step, donate_argnums=0),
       train_epoch=layout.jit(train_epoch, donate_argnums=0),
       predict=layout.jit(predict),
-      init_members=layout.jit(init_members, compiler_options=cheap),
+      init_members=layout.jit(init_members, compiler_options=_CHEAP),
       member_dropout_rates=member_dropout_rates,
-      init_optimizer_members=layout.jit(over(init_optimizer, (0, 0)), compiler_options=cheap),
+      init_optimizer_members=layout.jit(over(init_optimizer, (0, 0)), compiler_options=_CHEAP),
       train_members=layout.jit(train_members, donate_argnums=0),
       evaluate_batch_members=layout.jit(over(evaluate_batch, (0, None, None, None))),
       predict_members=layout.jit(over(predict, (0, None))),
       layout=layout,
     )
 
-  def _evaluate_batches(self, state: TrainState, images, labels=None) -> list:
-    """`evaluate_batch_members` over host images in eval batches (the last padded with
-    weight-0 examples), dispatched without waiting; the per-batch outputs, on device."""
-    outputs = []
+  def eval_batches(self, images, labels=None) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
+    """Host images (and labels) as device (images, labels, 0/1 weights) batches of
+    `eval_batch_size`, the last padded with weight-0 examples. Made once per split, so
+    each epoch's validation copies nothing to the device."""
+    batches = []
     for start in range(0, images.shape[0], self.eval_batch_size):
       batch_images = np.asarray(images[start : start + self.eval_batch_size])
       count = batch_images.shape[0]
@@ -524,29 +527,27 @@ class Trainer:
       if padding:
         batch_images = np.pad(batch_images, [(0, padding), (0, 0), (0, 0)])
         batch_labels = np.pad(batch_labels, (0, padding))
-      outputs.append(
-        self.evaluate_batch_members(
-          state, *(self.layout.replicate(a) for a in (batch_images, batch_labels, weights))
-        )
-      )
-    return outputs
+      batches.append(tuple(self.layout.replicate(a) for a in (batch_images, batch_labels, weights)))
+    return batches
+
+  def evaluate_batches(self, state: TrainState, batches) -> tuple[np.ndarray, np.ndarray]:
+    """Every member's confusion matrix [M, C, C] and loss sum [M] over `eval_batches`."""
+    outputs = jax.device_get([self.evaluate_batch_members(state, *batch)[1:] for batch in batches])
+    confusion_M = np.sum([confusion for confusion, _ in outputs], axis=0, dtype=np.int32)
+    loss_sum_M = np.sum([loss for _, loss in outputs], axis=0, dtype=np.float64)
+    return confusion_M, loss_sum_M
 
   def evaluate_members(self, state: TrainState, images, labels) -> tuple[np.ndarray, np.ndarray]:
     """Every member's confusion matrix [M, C, C] and loss sum [M] on host `images`, `labels`."""
-    batches = jax.device_get(
-      [(confusion, loss) for _, confusion, loss in self._evaluate_batches(state, images, labels)]
-    )
-    confusion_M = np.sum([confusion for confusion, _ in batches], axis=0, dtype=np.int32)
-    loss_sum_M = np.sum([loss for _, loss in batches], axis=0, dtype=np.float64)
-    return confusion_M, loss_sum_M
+    return self.evaluate_batches(state, self.eval_batches(images, labels))
 
   def predict_splits(self, state: TrainState, images_by_split) -> dict[str, np.ndarray]:
     """{split: every member's logits [M, N, C]} for host images, one program for every split."""
-    outputs = {
-      name: self._evaluate_batches(state, images) for name, images in images_by_split.items()
-    }
     logits = jax.device_get(
-      {name: [out[0] for out in batches] for name, batches in outputs.items()}
+      {
+        name: [self.evaluate_batch_members(state, *batch)[0] for batch in self.eval_batches(images)]
+        for name, images in images_by_split.items()
+      }
     )
     return {
       name: np.concatenate(logits[name], axis=1)[:, : images_by_split[name].shape[0]]
@@ -687,11 +688,11 @@ def make_evaluate(
   return evaluate_batch, predict
 
 
-def _member_val_metrics(trainer: Trainer, state: TrainState, images, labels) -> list[dict]:
-  """Every member's validation metrics from one vmapped evaluation of host images, labels."""
-  confusion_M, loss_sum_M = trainer.evaluate_members(state, images, labels)
+def _member_val_metrics(trainer: Trainer, state: TrainState, batches, count: int) -> list[dict]:
+  """Every member's validation metrics from one vmapped evaluation of `count` examples."""
+  confusion_M, loss_sum_M = trainer.evaluate_batches(state, batches)
   return [
-    metrics.summarize(confusion, loss_sum, labels.shape[0])
+    metrics.summarize(confusion, loss_sum, count)
     for confusion, loss_sum in zip(confusion_M, loss_sum_M, strict=True)
   ]
 
@@ -703,12 +704,10 @@ def epoch_key(seed: int, stream: int, epoch: int):
 
 # Every member's key of one (stream, epoch); a member's keys are those of a single run
 # with its seed, so member m of a vmapped run reproduces `--config.seed=<its seed>`.
-_member_epoch_keys = jax.jit(
-  jax.vmap(epoch_key, in_axes=(0, None, None)), compiler_options=platform.cheap_program_options()
-)
+_member_epoch_keys = jax.jit(jax.vmap(epoch_key, in_axes=(0, None, None)), compiler_options=_CHEAP)
 _member_init_keys = jax.jit(
   jax.vmap(lambda seed: jax.random.fold_in(jax.random.key(seed), _TRAIN_STREAM)),
-  compiler_options=platform.cheap_program_options(),
+  compiler_options=_CHEAP,
 )
 
 
@@ -907,23 +906,24 @@ def fit(
     # From shapes alone: indexing the arrays would compile one small program per leaf.
     num_params = models.count_params(trainer.model(jax.eval_shape(member, state, 0)))
     # Jitted, so its arrays live where the state does (replicated on a mesh).
-    cheap = platform.cheap_program_options()  # the small programs of early stopping
     new_early_stopping = layout.jit(
-      partial(EarlyStopping.create, num_members=num_members), compiler_options=cheap
+      partial(EarlyStopping.create, num_members=num_members), compiler_options=_CHEAP
     )
     early = new_early_stopping(state)
     es_config = config.early_stopping
     has_val = dataset.validation is not None
+    if has_val:  # on the device once, for every epoch's validation
+      val_batches = trainer.eval_batches(dataset.validation.images, dataset.validation.labels)
     update_members = jax.jit(
       jax.vmap(
         partial(update_early_stopping, patience=es_config.patience, min_delta=es_config.min_delta),
         in_axes=(0, 0, 0, None, 0),
       ),
-      compiler_options=cheap,
+      compiler_options=_CHEAP,
     )
     peak_learning_rates = members.learning_rates()
     # The learning-rate multiplier of each step of an epoch, compiled once for all epochs.
-    epoch_schedule = jax.jit(jax.vmap(trainer.schedule), compiler_options=cheap)
+    epoch_schedule = jax.jit(jax.vmap(trainer.schedule), compiler_options=_CHEAP)
 
     start_epoch = 0
     restored = run.restore_latest({"state": state.checkpointed(), "early_stopping": early})
@@ -1048,7 +1048,7 @@ def fit(
           # With ema_decay, validation and early stopping see the averaged weights.
           evaluated = averaged_state(config, state)
           val_metrics = _member_val_metrics(
-            trainer, evaluated, dataset.validation.images, dataset.validation.labels
+            trainer, evaluated, val_batches, len(dataset.validation)
           )
           for record, val in zip(records, val_metrics, strict=True):
             record.update({f"val/{key}": val[key] for key in _VAL_KEYS})
