@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from fmnist_jax.errors import ConfigError
@@ -96,11 +97,12 @@ class Dropout(nnx.Module):
 def configured_dropout_rates(module: nnx.Module) -> nnx.State:
   """The `DropoutRate` state holding every Dropout layer's configured rate.
 
-  Works on an abstract module (`nnx.eval_shape`), which it fills in.
+  Works on an abstract module (`nnx.eval_shape`), which it fills in with host
+  (NumPy) values, so also inside a trace.
   """
   for _, node in nnx.iter_graph(module):
     if isinstance(node, Dropout):
-      node.rate.set_value(jnp.asarray(node.configured_rate, jnp.float32))
+      node.rate.set_value(np.asarray(node.configured_rate, np.float32))
   return nnx.state(module, DropoutRate)
 
 

@@ -89,6 +89,18 @@ class Layout:
     array = np.asarray(array)
     return jax.make_array_from_callback(array.shape, self.replicated, lambda index: array[index])
 
+  def adopt(self, tree):
+    """Arrays restored from a checkpoint, placed as a fresh run's own arrays are.
+
+    On one device a run's arrays are uncommitted (jit outputs of uncommitted
+    inputs), but orbax restores committed ones, and a committed argument lowers a
+    program differently: a resumed or reloaded run would compile every program
+    again instead of loading a fresh run's from the compilation cache.
+    """
+    if self.mesh is not None:  # restored with the mesh's shardings, as the run made them
+      return tree
+    return jax.device_put(jax.device_get(tree))
+
   def jit(self, fn, **kwargs):
     """`jax.jit` whose outputs are replicated on the mesh (so every host can read them)."""
     if self.mesh is not None:

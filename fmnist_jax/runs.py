@@ -80,20 +80,22 @@ def load_run(workdir: str | pathlib.Path) -> Run:
   trainer = train.Trainer.create(
     config, dataset.train.images, len(dataset.train), num_members=len(members)
   )
-  state = trainer.init_state(members)
+  abstract = trainer.state_shapes(members)
   # Closed also when the checkpoint is unreadable: no orbax thread outlives the call.
   with checkpoint.RunDir(workdir, config, exclusive=False) as run_dir:
     restored = run_dir.restore_latest(
       {
-        "state": state.checkpointed(),
+        "state": _on_this_device(abstract.checkpointed()),
         "early_stopping": _on_this_device(
-          jax.eval_shape(partial(train.EarlyStopping.create, num_members=len(members)), state)
+          jax.eval_shape(partial(train.EarlyStopping.create, num_members=len(members)), abstract)
         ),
       }
     )
   if restored is None:
     raise UserError(f"no checkpoint in {workdir}/checkpoints; rerun the run's command")
-  _, payload = restored
+  payload = trainer.layout.adopt(restored[1])
+  dropout_rates, label_smoothing = jax.device_put(trainer.member_settings(members))
+  state = abstract.replace(dropout_rates=dropout_rates, label_smoothing=label_smoothing)
   final, _ = train.final_states(
     config,
     state.restored(payload["state"]),

@@ -367,6 +367,7 @@ class Trainer:
   preprocess: Callable  # uint8 images -> float32 model input
   batch_size: int
   eval_batch_size: int
+  label_smoothing: float  # the config's; members may override it
   steps_per_epoch: int
   num_members: int
   init: Callable  # (key, hyperparams=None) -> TrainState
@@ -410,6 +411,7 @@ class Trainer:
     train_graphdef = nnx.graphdef(abstract)
     abstract.eval()
     eval_graphdef = nnx.graphdef(abstract)
+    config_dropout_rates = layers.configured_dropout_rates(abstract)
     steps = math.ceil(num_train / config.batch_size)
     schedule = optax.constant_schedule(1.0)
     if make_tx is None:
@@ -439,6 +441,8 @@ class Trainer:
 
     def member_dropout_rates(overrides: dict[str, Any]) -> nnx.State:
       """The DropoutRate state of config.model with a member's `model.*` overrides."""
+      if not overrides:
+        return config_dropout_rates
       model_config = config.model.copy_and_resolve_references()
       for key, value in overrides.items():
         model_config[key.removeprefix("model.")] = value
@@ -497,6 +501,7 @@ class Trainer:
       preprocess=preprocess,
       batch_size=config.batch_size,
       eval_batch_size=config.eval_batch_size,
+      label_smoothing=config.label_smoothing,
       steps_per_epoch=steps,
       num_members=num_members,
       init=layout.jit(init),
@@ -554,20 +559,29 @@ class Trainer:
       for name in images_by_split
     }
 
+  def member_settings(self, members: "Members") -> tuple[nnx.State, np.ndarray | None]:
+    """Every member's dropout rates and label smoothing (None: off), stacked, on the host:
+    what a TrainState holds besides a checkpoint's SavedState."""
+    overrides = [tuple(sorted(members.model_overrides(i).items())) for i in range(len(members))]
+    # Each distinct model config built once, from shapes.
+    by_overrides = {o: self.member_dropout_rates(dict(o)) for o in set(overrides)}
+    rates = jax.tree.map(lambda *values: np.stack(values), *(by_overrides[o] for o in overrides))
+    smoothing = members.hyperparams.get("label_smoothing")
+    if smoothing is None and self.label_smoothing:
+      smoothing = (self.label_smoothing,) * len(members)
+    return rates, None if smoothing is None else np.asarray(smoothing, np.float32)
+
   def init_state(self, members: "Members") -> TrainState:
     """The members' stacked initial state; member m's is a single run's with its seed."""
-    overrides = [tuple(sorted(members.model_overrides(i).items())) for i in range(len(members))]
-    rates = None  # the config's, as init builds them
-    if any(overrides):  # each distinct model config built once
-      by_overrides = {o: self.member_dropout_rates(dict(o)) for o in set(overrides)}
-      rates = jax.tree.map(lambda *values: jnp.stack(values), *(by_overrides[o] for o in overrides))
-    smoothing = members.hyperparams.get("label_smoothing")
-    return self.init_members(
-      members.init_keys(),
-      members.stacked_optimizer_hyperparams(),
-      rates,
-      None if smoothing is None else jnp.asarray(smoothing, jnp.float32),
-    )
+    return self.init_members(*self._init_arguments(members))
+
+  def state_shapes(self, members: "Members") -> TrainState:
+    """`init_state`'s shapes and dtypes, compiling nothing: a restore target."""
+    return jax.eval_shape(self.init_members, *self._init_arguments(members))
+
+  def _init_arguments(self, members: "Members") -> tuple:
+    rates, smoothing = self.member_settings(members)
+    return members.init_keys(), members.stacked_optimizer_hyperparams(), rates, smoothing
 
   def model(self, state: TrainState, train: bool = False) -> nnx.Module:
     """A stateful module view of one member's `state` (for inspection, export, plotting)."""
@@ -903,8 +917,8 @@ def fit(
     trainer_args = (dataset.train.images, len(dataset.train))
     trainer = Trainer.create(config, *trainer_args, num_members=num_members, layout=layout)
     state = trainer.init_state(members)
-    # From shapes alone: indexing the arrays would compile one small program per leaf.
-    num_params = models.count_params(trainer.model(jax.eval_shape(member, state, 0)))
+    # One member's trainable parameters, from the stacked shapes (nothing traced or compiled).
+    num_params = sum(math.prod(leaf.shape[1:]) for leaf in jax.tree.leaves(state.params))
     # Jitted, so its arrays live where the state does (replicated on a mesh).
     new_early_stopping = layout.jit(
       partial(EarlyStopping.create, num_members=num_members), compiler_options=_CHEAP
@@ -928,7 +942,7 @@ def fit(
     start_epoch = 0
     restored = run.restore_latest({"state": state.checkpointed(), "early_stopping": early})
     if restored is not None:
-      start_epoch, payload = restored
+      start_epoch, payload = restored[0], layout.adopt(restored[1])
       state = state.restored(payload["state"])
       early = payload["early_stopping"]
     elif config.pretrain.num_epochs > 0:

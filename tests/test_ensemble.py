@@ -109,6 +109,31 @@ def test_runs_of_two_workdirs_form_an_ensemble(use_small_dataset, tmp_path):
   json.dumps(result)  # serializable as ensemble.json
 
 
+def test_a_reloaded_run_holds_its_settings_and_compiles_a_fresh_runs_programs(
+  use_small_dataset, tmp_path
+):
+  config = small_config(num_epochs=1, num_seeds=2, label_smoothing=0.1)
+  train.fit(config, tmp_path / "a", show_progress=False)
+  run = runs.load_run(tmp_path / "a")
+  fresh = run.trainer.init_state(train.members_of(config))
+  for got, want in (
+    (run.state.dropout_rates, fresh.dropout_rates),
+    (run.state.label_smoothing, fresh.label_smoothing),
+  ):
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+      np.testing.assert_array_equal(a, b)
+  assert np.asarray(run.state.label_smoothing).tolist() == pytest.approx([0.1, 0.1])
+  # Restored arrays are placed as a fresh run's, so the reload (and a resume) lowers the
+  # same programs and loads the fresh run's from the compilation cache.
+  batch = run.trainer.eval_batches(use_small_dataset.test.images[:10])[0]
+  lowered = [
+    run.trainer.evaluate_batch_members.lower(state, *batch).as_text()
+    for state in (fresh, run.state)
+  ]
+  assert lowered[0] == lowered[1]
+
+
 def test_an_unfinished_run_is_named(tmp_path):
   with pytest.raises(runs.UserError, match="not a run directory"):
     runs.load_run(tmp_path)
