@@ -42,7 +42,7 @@ _DRY_RUN = flags.DEFINE_bool(
 )
 _COMPILATION_CACHE = flags.DEFINE_string(
   "compilation_cache",
-  str(platform.user_cache_dir() / "compilation"),
+  str(platform.default_compilation_cache()),
   "JAX's persistent compilation cache (reruns and resumes skip compiling); '' turns it off.",
 )
 flags.mark_flag_as_required("config")

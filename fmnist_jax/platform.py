@@ -91,6 +91,11 @@ def user_cache_dir() -> pathlib.Path:
   return pathlib.Path(cache_home) / "fmnist_jax"
 
 
+def default_compilation_cache() -> pathlib.Path:
+  """Where launch.py and the other command-line tools keep compiled programs."""
+  return user_cache_dir() / "compilation"
+
+
 def enable_compilation_cache(directory: str | os.PathLike | None):
   """JAX's persistent compilation cache in `directory` (None or "": off).
 

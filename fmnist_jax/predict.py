@@ -110,13 +110,15 @@ def load_inputs(paths: list[str], invert: str = "auto") -> tuple[np.ndarray, lis
 
 def probabilities(workdir: str | pathlib.Path, images: np.ndarray) -> np.ndarray:
   """[N, 10] class probabilities: the mean softmax of the run's members."""
-  import jax
-
   from fmnist_jax import runs
 
   run = runs.load_run(workdir)
-  logits_MxNxC = run.trainer.predict_members(run.state, jax.device_put(images))
-  return np.asarray(jax.nn.softmax(logits_MxNxC, axis=-1).mean(axis=0))
+  # The run's own evaluation program (fixed-size batches): any number of images
+  # compiles nothing new, and the program comes from the compilation cache.
+  logits_MxNxC = run.trainer.predict_splits(run.state, {"inputs": images})["inputs"]
+  shifted = logits_MxNxC - logits_MxNxC.max(axis=-1, keepdims=True)
+  softmax = np.exp(shifted) / np.exp(shifted).sum(axis=-1, keepdims=True)
+  return softmax.mean(axis=0)
 
 
 def format_predictions(names: list[str], probs_NxC: np.ndarray, top: int = 3) -> str:
@@ -150,4 +152,10 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+  from fmnist_jax import platform
+
+  # As launch.py: the XLA flags the run trained with, and its compilation cache,
+  # where the run's evaluation program already is.
+  platform.configure_xla()
+  platform.enable_compilation_cache(platform.default_compilation_cache())
   sys.exit(main(sys.argv[1:]))

@@ -296,13 +296,6 @@ def main(argv: list[str]) -> int:
   return 0
 
 
-if __name__ == "__main__":
-  from fmnist_jax import platform
-
-  platform.configure_xla()
-  sys.exit(main(sys.argv[1:]))
-
-
 def run_config(config: ConfigDict, workdir: str | pathlib.Path, *, show_progress: bool = True):
   """What `launch.py` runs for `config`: an ensemble of other configs, a sweep, or one run."""
   if config.ensemble.members:
@@ -310,3 +303,11 @@ def run_config(config: ConfigDict, workdir: str | pathlib.Path, *, show_progress
   if config.sweep.grid or config.sweep.zip:
     return sweep.run(config, workdir, show_progress=show_progress)
   return train.fit(config, workdir, show_progress=show_progress)
+
+
+if __name__ == "__main__":
+  from fmnist_jax import platform
+
+  platform.configure_xla()
+  platform.enable_compilation_cache(platform.default_compilation_cache())
+  sys.exit(main(sys.argv[1:]))

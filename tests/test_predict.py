@@ -49,6 +49,18 @@ def test_pngs_get_the_classes_of_in_process_evaluation(
     assert 0.1 <= probability <= 1.0
 
 
+def test_probabilities_are_the_members_mean_softmax_for_any_number_of_images(
+  trained_run, small_dataset, use_small_dataset
+):
+  run = runs.load_run(trained_run)
+  for count in (1, 7, NUM_IMAGES):
+    images = small_dataset.test.images[:count]
+    oracle = jax.nn.softmax(run.trainer.predict_members(run.state, jax.device_put(images)), -1)
+    got = predict.probabilities(trained_run, images)
+    assert got.shape == (count, data.NUM_CLASSES)
+    np.testing.assert_allclose(got, np.asarray(oracle).mean(axis=0), rtol=1e-5, atol=1e-6)
+
+
 def test_a_photo_on_white_is_inverted_resized_and_greyed(small_dataset, tmp_path):
   image = small_dataset.test.images[0]
   photo = np.repeat(255 - np.kron(image, np.ones((3, 3), np.uint8))[..., None], 3, axis=-1)
