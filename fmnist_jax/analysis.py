@@ -32,6 +32,8 @@ from fmnist_jax import checkpoint, data, ensemble, metrics
 NUM_CONFUSED_PAIRS = 10
 GALLERY_ROWS, GALLERY_COLUMNS = 4, 8
 FIGURE_DPI = 110
+# Runs of at most this many epochs get a dot per epoch and a tick per epoch on their curves.
+SHORT_RUN_EPOCHS = 12
 SHORT_NAMES = tuple(name.split("/")[0] for name in data.CLASS_NAMES)  # "T-shirt", "Trouser", ...
 
 
@@ -285,10 +287,13 @@ def plot_learning_curves(
   plt = _pyplot()
   fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), width_ratios=(1, 1, 0.7))
   colors = {"train": "tab:blue", "val": "tab:orange"}
+  num_epochs = max((len(v) for curves in history.values() for v in curves.values()), default=1)
+  # Dots on a short run's curves: a one-epoch run is a point, which a bare line never draws.
+  marker = {"marker": "o", "markersize": 3} if num_epochs <= SHORT_RUN_EPOCHS else {}
   for _, curves in sorted(history.items()):
     rates = curves.get("learning_rate")
     if rates:
-      axes[2].plot(np.arange(1, len(rates) + 1), rates, color="tab:green", alpha=0.7)
+      axes[2].plot(np.arange(1, len(rates) + 1), rates, color="tab:green", alpha=0.7, **marker)
   axes[2].set_xlabel("epoch")
   axes[2].set_ylabel("learning rate (epoch start)")
   axes[2].grid(alpha=0.3)
@@ -301,7 +306,8 @@ def plot_learning_curves(
           label = split if member == min(history) else None
           if label == "train" and metric == "loss" and smoothed_train_loss:
             label = "train (smoothed targets)"
-          ax.plot(epochs, values, color=color, alpha=0.8 if len(history) == 1 else 0.5, label=label)
+          alpha = 0.8 if len(history) == 1 else 0.5
+          ax.plot(epochs, values, color=color, alpha=alpha, label=label, **marker)
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
@@ -311,13 +317,23 @@ def plot_learning_curves(
       losses = curves.get("val/loss", [])
       minima = running_minima(losses)
       axes[0].scatter(
-        [r["epoch"] for r in minima], [r["val_loss"] for r in minima], s=10, color="black"
+        [r["epoch"] for r in minima],
+        [r["val_loss"] for r in minima],
+        s=36,
+        facecolors="none",
+        edgecolors="black",
+        linewidths=0.8,
+        zorder=3,
       )
   from matplotlib.ticker import MaxNLocator
 
   for ax in axes:  # whole epochs only, also for runs of a few epochs
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-  fig.suptitle(f"{title} (dots: new minima of the validation loss)", fontsize=10)
+    if num_epochs <= SHORT_RUN_EPOCHS:
+      ax.set_xticks(np.arange(1, num_epochs + 1))
+      ax.set_xlim(0.5, num_epochs + 0.5)
+    else:
+      ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  fig.suptitle(f"{title} (rings: new minima of the validation loss)", fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=FIGURE_DPI)
   plt.close(fig)

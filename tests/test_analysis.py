@@ -88,6 +88,32 @@ def test_curves_say_when_the_train_loss_is_on_smoothed_targets(tmp_path, monkeyp
   assert legends == [["train", "val"], ["train (smoothed targets)", "val"]]
 
 
+def test_a_one_epoch_run_draws_visible_points_on_whole_epoch_ticks(tmp_path, monkeypatch):
+  from matplotlib.figure import Figure
+
+  drawn = []
+
+  def record(fig, *args, **kwargs):
+    for ax in fig.axes:
+      markers = [line.get_marker() for line in ax.get_lines()]
+      drawn.append((list(ax.get_xticks()), markers))
+
+  monkeypatch.setattr(Figure, "savefig", record)
+  one = {0: {"train/loss": [0.9], "val/loss": [0.5], "learning_rate": [0.01]}}
+  analysis.plot_learning_curves(one, tmp_path / "c.png", "t")
+  loss_ticks, loss_markers = drawn[0]
+  assert loss_ticks == [1.0] and loss_markers == ["o", "o"]
+  assert drawn[2] == ([1.0], ["o"])  # the learning rate
+  drawn.clear()
+  long = {
+    0: {"train/loss": list(np.linspace(1, 0.1, 40)), "val/loss": list(np.linspace(1, 0.2, 40))}
+  }
+  analysis.plot_learning_curves(long, tmp_path / "c.png", "t")
+  ticks, markers = drawn[0]
+  assert all(float(t).is_integer() for t in ticks) and len(ticks) < 15
+  assert set(markers) == {"None"}
+
+
 def test_the_protocol_names_label_smoothing(small_dataset):
   assert "smoothed" not in train.protocol(small_config(), small_dataset)
   line = train.protocol(small_config(label_smoothing=0.1), small_dataset)
