@@ -80,6 +80,13 @@ def resnet(spec):
   )
 
 
+def keras_init(module):
+  """Keras' defaults, as fmnist_jax's models have them: glorot-uniform kernels, zero biases."""
+  if isinstance(module, nn.Linear | nn.Conv2d):
+    nn.init.xavier_uniform_(module.weight)
+    nn.init.zeros_(module.bias)
+
+
 def optimizer(spec, params):
   opt = spec["optimizer"]
   if opt["name"] == "sgd":
@@ -97,7 +104,8 @@ def main():
   # The GPU when there is one, with the data on it from the start, as fmnist_jax keeps it.
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
   torch.backends.cudnn.benchmark = True
-  model = {"mlp": mlp, "cnn": cnn, "resnet": resnet}[spec["model"]["name"]](spec).to(device)
+  model = {"mlp": mlp, "cnn": cnn, "resnet": resnet}[spec["model"]["name"]](spec)
+  model = model.apply(keras_init).to(device)
   num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
   opt = optimizer(spec, model.parameters())
   loss_fn = nn.CrossEntropyLoss()
