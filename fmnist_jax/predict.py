@@ -113,9 +113,12 @@ def probabilities(workdir: str | pathlib.Path, images: np.ndarray) -> np.ndarray
   from fmnist_jax import runs
 
   run = runs.load_run(workdir)
-  # The run's own evaluation program (fixed-size batches): any number of images
-  # compiles nothing new, and the program comes from the compilation cache.
-  logits_MxNxC = run.trainer.predict_splits(run.state, {"inputs": images})["inputs"]
+  # The run's own evaluation program, on batches of `eval_batch_size` (its compiled
+  # program is in the compilation cache). Fewer images take the next power of two (at
+  # least 8), so a few images on a large model do not run a whole batch of padding;
+  # each such size compiles once, then comes from the cache too.
+  batch_size = min(run.trainer.eval_batch_size, max(8, 1 << (len(images) - 1).bit_length()))
+  logits_MxNxC = run.trainer.predict_splits(run.state, {"inputs": images}, batch_size)["inputs"]
   shifted = logits_MxNxC - logits_MxNxC.max(axis=-1, keepdims=True)
   softmax = np.exp(shifted) / np.exp(shifted).sum(axis=-1, keepdims=True)
   return softmax.mean(axis=0)

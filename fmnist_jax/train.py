@@ -517,17 +517,20 @@ class Trainer:
       layout=layout,
     )
 
-  def eval_batches(self, images, labels=None) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
+  def eval_batches(
+    self, images, labels=None, batch_size: int | None = None
+  ) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
     """Host images (and labels) as device (images, labels, 0/1 weights) batches of
-    `eval_batch_size`, the last padded with weight-0 examples. Made once per split, so
-    each epoch's validation copies nothing to the device."""
+    `batch_size` (default `eval_batch_size`), the last padded with weight-0 examples.
+    Made once per split, so each epoch's validation copies nothing to the device."""
+    batch_size = batch_size or self.eval_batch_size
     batches = []
-    for start in range(0, images.shape[0], self.eval_batch_size):
-      batch_images = np.asarray(images[start : start + self.eval_batch_size])
+    for start in range(0, images.shape[0], batch_size):
+      batch_images = np.asarray(images[start : start + batch_size])
       count = batch_images.shape[0]
       batch_labels = np.zeros(count, np.int32) if labels is None else labels[start : start + count]
       batch_labels = np.asarray(batch_labels, np.int32)
-      padding = self.eval_batch_size - count
+      padding = batch_size - count
       weights = np.concatenate([np.ones(count, np.float32), np.zeros(padding, np.float32)])
       if padding:
         batch_images = np.pad(batch_images, [(0, padding), (0, 0), (0, 0)])
@@ -546,11 +549,17 @@ class Trainer:
     """Every member's confusion matrix [M, C, C] and loss sum [M] on host `images`, `labels`."""
     return self.evaluate_batches(state, self.eval_batches(images, labels))
 
-  def predict_splits(self, state: TrainState, images_by_split) -> dict[str, np.ndarray]:
-    """{split: every member's logits [M, N, C]} for host images, one program for every split."""
+  def predict_splits(
+    self, state: TrainState, images_by_split, batch_size: int | None = None
+  ) -> dict[str, np.ndarray]:
+    """{split: every member's logits [M, N, C]} for host images, one program for every split
+    (batches of `batch_size`, default `eval_batch_size`: the program evaluation runs)."""
     logits = jax.device_get(
       {
-        name: [self.evaluate_batch_members(state, *batch)[0] for batch in self.eval_batches(images)]
+        name: [
+          self.evaluate_batch_members(state, *batch)[0]
+          for batch in self.eval_batches(images, batch_size=batch_size)
+        ]
         for name, images in images_by_split.items()
       }
     )

@@ -53,7 +53,7 @@ def test_probabilities_are_the_members_mean_softmax_for_any_number_of_images(
   trained_run, small_dataset, use_small_dataset
 ):
   run = runs.load_run(trained_run)
-  for count in (1, 7, NUM_IMAGES):
+  for count in (1, 7, NUM_IMAGES, len(small_dataset.test.images)):
     images = small_dataset.test.images[:count]
     oracle = jax.nn.softmax(run.trainer.predict_members(run.state, jax.device_put(images)), -1)
     got = predict.probabilities(trained_run, images)
