@@ -339,12 +339,6 @@ def plot_learning_curves(
   plt.close(fig)
 
 
-def _softmax(logits):
-  logits = np.asarray(logits, np.float64)
-  shifted = np.exp(logits - logits.max(-1, keepdims=True))
-  return shifted / shifted.sum(-1, keepdims=True)
-
-
 def write_run_outputs(
   workdir: pathlib.Path,
   name: str,
@@ -376,7 +370,7 @@ def write_run_outputs(
   plot_confusion(_summed_test_confusion(results), outputs["confusion"], f"{name}: test ({suffix})")
   plot_per_class_f1({name: results["summary"]["test"]["f1"]}, outputs["f1"], f"{name}: test F1")
   plot_misclassified(
-    test.images, test.labels, _softmax(np.asarray(test_logits)[0]), outputs["gallery"], name
+    test.images, test.labels, metrics.softmax(np.asarray(test_logits)[0]), outputs["gallery"], name
   )
   plot_learning_curves(history, outputs["curves"], name, smoothed_train_loss)
   return list(outputs.values())

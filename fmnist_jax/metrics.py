@@ -90,6 +90,13 @@ def confusion_matrix(
   return counts.reshape(num_groups, num_classes, num_classes)
 
 
+def softmax(logits) -> np.ndarray:
+  """Class probabilities of host logits [..., C], in float64 (for reports and predictions)."""
+  logits = np.asarray(logits, np.float64)
+  shifted = np.exp(logits - logits.max(-1, keepdims=True))
+  return shifted / shifted.sum(-1, keepdims=True)
+
+
 def _safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
   """numerator / denominator, and 0 where denominator is 0 (sklearn zero_division=0)."""
   nonzero = denominator > 0

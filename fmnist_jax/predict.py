@@ -110,7 +110,7 @@ def load_inputs(paths: list[str], invert: str = "auto") -> tuple[np.ndarray, lis
 
 def probabilities(workdir: str | pathlib.Path, images: np.ndarray) -> np.ndarray:
   """[N, 10] class probabilities: the mean softmax of the run's members."""
-  from fmnist_jax import runs
+  from fmnist_jax import metrics, runs  # jax only after __main__ has set XLA's flags
 
   run = runs.load_run(workdir)
   # The run's own evaluation program, on batches of `eval_batch_size` (its compiled
@@ -119,9 +119,7 @@ def probabilities(workdir: str | pathlib.Path, images: np.ndarray) -> np.ndarray
   # each such size compiles once, then comes from the cache too.
   batch_size = min(run.trainer.eval_batch_size, max(8, 1 << (len(images) - 1).bit_length()))
   logits_MxNxC = run.trainer.predict_splits(run.state, {"inputs": images}, batch_size)["inputs"]
-  shifted = logits_MxNxC - logits_MxNxC.max(axis=-1, keepdims=True)
-  softmax = np.exp(shifted) / np.exp(shifted).sum(axis=-1, keepdims=True)
-  return softmax.mean(axis=0)
+  return metrics.softmax(logits_MxNxC).mean(axis=0)
 
 
 def format_predictions(names: list[str], probs_NxC: np.ndarray, top: int = 3) -> str:
