@@ -90,7 +90,17 @@ class Dropout(nnx.Module):
     key = jax.random.fold_in(stream.key[...], stream.count[...])
     stream.count[...] += (rate > 0).astype(stream.count.dtype)
     keep = 1.0 - rate
-    mask = jax.random.bernoulli(key, keep, x.shape)
+    # Drawn inside a conditional, whose result XLA materialises: the threefry hash then
+    # runs once per step, where fused into the forward and the backward select it ran
+    # twice (B4 CNN 1,778 -> 1,946 images/s on CPU, interleaved). Same bits; a member
+    # whose rate is 0 draws none.
+    mask = jax.lax.cond(
+      rate > 0,
+      lambda key, keep: jax.random.bernoulli(key, keep, x.shape),
+      lambda key, keep: jnp.ones(x.shape, bool),
+      key,
+      keep,
+    )
     return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
 
 

@@ -1,7 +1,7 @@
 """Training in a process of its own, for tests that need one: fake devices, kill -9.
 
   python tests/run_worker.py WORKDIR [--model=small|mlp_baseline|cnn] [--devices=N]
-      [--epochs=N] [--num_train=N] [--every=N]
+      [--epochs=N] [--num_train=N] [--every=N] [--sgd=LEARNING_RATE]
       [--kill=commit:EPOCH|logged:EPOCH|save:EPOCH:SECONDS] [--time_saves=1]
       [--coordinator=HOST:PORT --num_processes=N --process_id=I]
 
@@ -108,6 +108,7 @@ def main():
   parser.add_argument("--epochs", type=int, default=3)
   parser.add_argument("--num_train", type=int, default=2_000)
   parser.add_argument("--every", type=int, default=1)
+  parser.add_argument("--sgd", type=float, help="train with plain SGD at this learning rate")
   parser.add_argument("--kill")
   parser.add_argument("--time_saves", type=int, default=0, help="1: print save times")
   parser.add_argument("--coordinator")
@@ -130,6 +131,8 @@ def main():
     num_epochs=args.epochs,
     **{"parallel.num_devices": args.devices, "checkpoint.every_epochs": args.every},
   )
+  if args.sgd:
+    override(config, **{"optimizer.name": "sgd", "optimizer.learning_rate": args.sgd})
   train.fit(config, args.workdir, show_progress=False)
 
 

@@ -33,20 +33,11 @@ def train_in_process(workdir, **flags):
   assert done.returncode == 0, done.stderr[-3000:]
 
 
-def assert_same_model(a, b, close_fraction=1.0):
-  """Equal up to the summation order of the gradient all-reduce.
-
-  `close_fraction` < 1 is for Adam: lr * m / sqrt(v) turns a rounding-sized change in a
-  near-zero gradient (a dead ReLU's weights) into a step of up to lr, so a few weights
-  may differ by a few learning rates (measured: up to 6) while the rest agree to 1e-4.
-  """
+def assert_same_model(a, b):
+  """Equal up to the summation order of the gradient all-reduce."""
   params_a, params_b = saved_params(a), saved_params(b)
-  diffs = np.concatenate([np.abs(x - y).ravel() for x, y in zip(params_a, params_b, strict=True)])
-  tolerance = (2e-5 if close_fraction == 1.0 else 1e-4) + 1e-4 * np.concatenate(
-    [np.abs(y).ravel() for y in params_b]
-  )
-  assert np.mean(diffs <= tolerance) >= close_fraction, np.mean(diffs <= tolerance)
-  assert diffs.max() < (2e-5 if close_fraction == 1.0 else 1e-2)  # Adam: 10 learning rates
+  for x, y in zip(params_a, params_b, strict=True):
+    np.testing.assert_allclose(x, y, rtol=0, atol=2e-5)
   metrics_a, metrics_b = (
     json.loads((workdir / "results.json").read_text())["members"][0]["metrics"]
     for workdir in (a, b)
@@ -55,20 +46,23 @@ def assert_same_model(a, b, close_fraction=1.0):
   assert metrics_a["test"]["accuracy"] > 0.4  # both learned: not equal by doing nothing
 
 
-# The CNN trains on fewer images and within a looser bound: with Adam and dropout the
-# all-reduce's rounding grows ~50x per epoch of 8 steps (measured: 4e-5 after 1 epoch,
-# 2e-3 after 2; the same growth without dropout), float training's usual divergence.
+# The CNN (batch norm, dropout after every stage) trains with plain SGD here, not its
+# config's Adam: Adam's lr * m / sqrt(v) turns rounding-sized gradients into steps of
+# up to lr (the conv biases before batch norm have a true gradient of 0), so two Adam
+# runs that differ only in summation order drift apart chaotically (measured: 0.98-0.9999
+# of the weights within 1e-4 after 2 epochs, depending on how XLA fuses the program).
+# With SGD the 8-device CNN equals the 1-device one to 1e-6, which a wrong dropout mask
+# or batch statistic on any device would break.
 @pytest.mark.parametrize(
-  "model, num_train, close_fraction", [("mlp_baseline", 2000, 1.0), ("cnn", 512, 0.99)]
+  "model, num_train, sgd", [("mlp_baseline", 2000, None), ("cnn", 512, 0.05)]
 )
-def test_eight_devices_train_the_one_device_model(
-  real_data_dir, tmp_path, model, num_train, close_fraction
-):
+def test_eight_devices_train_the_one_device_model(real_data_dir, tmp_path, model, num_train, sgd):
+  flags = {"sgd": sgd} if sgd else {}
   for devices in (1, 8):
     train_in_process(
-      tmp_path / str(devices), model=model, devices=devices, epochs=2, num_train=num_train
+      tmp_path / str(devices), model=model, devices=devices, epochs=2, num_train=num_train, **flags
     )
-  assert_same_model(tmp_path / "1", tmp_path / "8", close_fraction)
+  assert_same_model(tmp_path / "1", tmp_path / "8")
 
 
 def test_a_checkpoint_moves_between_8_devices_and_1(real_data_dir, tmp_path, use_small_dataset):
