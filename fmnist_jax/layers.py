@@ -206,7 +206,12 @@ def _im2col_conv(x_BxHxWxC, kernel_KhxKwxCxF, padding, strides=(1, 1)):
   out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
   # Slice order (i, j) outer and channels inner matches the HWIO kernel's reshape.
   patches = jnp.concatenate(_shifted_slices(x_BxHxWxC, (kh, kw), (out_h, out_w), strides), axis=-1)
-  return patches @ kernel_KhxKwxCxF.reshape(-1, features)
+  # A 2-D matmul: the kernel gradient is then one plain `patches.T @ dy`. Autodiff's
+  # 4-D dot_general instead made XLA:CPU copy dy into a transposed layout first
+  # (B4 CNN 2,034-2,068 -> 2,079-2,243 images/s, interleaved; the same bits).
+  patches_PxK = patches.reshape(-1, patches.shape[-1])
+  y_PxF = patches_PxK @ kernel_KhxKwxCxF.reshape(-1, features)
+  return y_PxF.reshape(*patches.shape[:-1], features)
 
 
 class Conv(nnx.Conv):
