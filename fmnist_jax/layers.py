@@ -90,18 +90,27 @@ class Dropout(nnx.Module):
     key = jax.random.fold_in(stream.key[...], stream.count[...])
     stream.count[...] += (rate > 0).astype(stream.count.dtype)
     keep = 1.0 - rate
-    # Drawn inside a conditional, whose result XLA materialises: the threefry hash then
-    # runs once per step, where fused into the forward and the backward select it ran
-    # twice (B4 CNN 1,778 -> 1,946 images/s on CPU, interleaved). Same bits; a member
-    # whose rate is 0 draws none.
-    mask = jax.lax.cond(
-      rate > 0,
-      lambda key, keep: jax.random.bernoulli(key, keep, x.shape),
-      lambda key, keep: jnp.ones(x.shape, bool),
-      key,
-      keep,
-    )
+    mask = _dropout_mask(key, keep, x.shape)
     return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
+
+
+def _dropout_mask(key, keep, shape):
+  """`jax.random.bernoulli(key, keep, shape)`; on CPU drawn inside a conditional.
+
+  XLA materialises a conditional's result, so the threefry hash runs once per step;
+  fused into both the forward and the backward select, it ran twice (B4 CNN 1,778 ->
+  1,946 images/s, interleaved). The same bits; a member whose keep is 1 draws none.
+  Not on GPUs, where a conditional's predicate is read back by the host.
+  """
+  if jax.default_backend() != "cpu":
+    return jax.random.bernoulli(key, keep, shape)
+  return jax.lax.cond(
+    keep < 1,
+    lambda key, keep: jax.random.bernoulli(key, keep, shape),
+    lambda key, keep: jnp.ones(shape, bool),
+    key,
+    keep,
+  )
 
 
 def configured_dropout_rates(module: nnx.Module) -> nnx.State:
