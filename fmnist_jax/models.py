@@ -556,9 +556,12 @@ def build(
   return model if compute_dtype == "float32" else layers.set_compute_dtype(model, compute_dtype)
 
 
-def count_params(module: nnx.Module) -> int:
-  """Number of trainable parameters (batch-norm statistics excluded)."""
-  return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(module, nnx.Param)))
+def count_params(module: nnx.Module | nnx.State, *, stacked: bool = False) -> int:
+  """Number of trainable parameters (batch-norm statistics excluded) of a module, or of
+  its parameter state; `stacked`: the leaves have a leading member axis (a TrainState's
+  params, arrays or shapes), counted once."""
+  params = module if isinstance(module, nnx.State) else nnx.state(module, nnx.Param)
+  return sum(math.prod(p.shape[int(stacked) :]) for p in jax.tree.leaves(params))
 
 
 def param_table(module: nnx.Module) -> list[tuple[str, str, int]]:

@@ -598,11 +598,6 @@ class Trainer:
     return nnx.merge(graphdef, state.params, state.dropout_rates, state.model_state)
 
 
-def member(tree, index: int):
-  """Member `index` of a stacked pytree (a TrainState, EarlyStopping, metrics)."""
-  return jax.tree.map(lambda x: x[index], tree)
-
-
 def _epoch_batches(key, num_examples: int, batch_size: int):
   """A device-side shuffle split into [steps, batch] indices and 0/1 weights.
 
@@ -927,7 +922,7 @@ def fit(
     trainer = Trainer.create(config, *trainer_args, num_members=num_members, layout=layout)
     state = trainer.init_state(members)
     # One member's trainable parameters, from the stacked shapes (nothing traced or compiled).
-    num_params = sum(math.prod(leaf.shape[1:]) for leaf in jax.tree.leaves(state.params))
+    num_params = models.count_params(state.params, stacked=True)
     # Jitted, so its arrays live where the state does (replicated on a mesh).
     new_early_stopping = layout.jit(
       partial(EarlyStopping.create, num_members=num_members), compiler_options=_CHEAP

@@ -67,6 +67,6 @@ def test_initial_weights_compiled_cheaply_equal_the_optimised_programs(small_dat
     for index, key in enumerate(members.init_keys()):
       single = trainer.init(key)
       for got, want in zip(
-        jax.tree.leaves(train.member(stacked, index)), jax.tree.leaves(single), strict=True
+        [leaf[index] for leaf in jax.tree.leaves(stacked)], jax.tree.leaves(single), strict=True
       ):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
