@@ -73,6 +73,9 @@ _NUM_EXAMPLES = flags.DEFINE_integer(
 )
 _EPOCHS = flags.DEFINE_integer("epochs", 0, "Epochs per run for every model (0: WORKLOADS').")
 _OUT = flags.DEFINE_string("out", "benchmarks/results", "Directory for compare.md/json/png.")
+_WAIT_QUIET = flags.DEFINE_bool(
+  "wait_quiet", True, f"Before each run, wait for a quiet machine ({WAIT_QUIET}, where present)."
+)
 
 
 def spec_for(name: str) -> tuple[dict, float]:
@@ -130,7 +133,7 @@ def write_data(spec: dict, directory: pathlib.Path) -> pathlib.Path:
 def run_one(implementation: str, spec_path, data_path) -> dict:
   module, variant = IMPLEMENTATIONS[implementation]
   python = sys.executable if implementation == "fmnist_jax" else _PEER_PYTHON.value
-  if WAIT_QUIET.exists():
+  if _WAIT_QUIET.value and WAIT_QUIET.exists():
     subprocess.run([str(WAIT_QUIET)], check=False, capture_output=True)
   command = [
     python,

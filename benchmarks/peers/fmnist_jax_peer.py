@@ -37,7 +37,7 @@ def main():
     epoch_seconds.append(time.perf_counter() - start)
   confusion, _ = trainer.evaluate_members(state, arrays["test_images"], arrays["test_labels"])
   accuracy = metrics.summarize(np.asarray(confusion[0]), 0.0, len(arrays["test_labels"]))
-  num_params = models.count_params(trainer.model(train.member(state, 0)))
+  num_params = models.count_params(state.params, stacked=True)
   report("fmnist_jax", spec, num_params, epoch_seconds, accuracy["accuracy"])
 
 

@@ -1,0 +1,45 @@
+"""benchmarks/compare.py end to end, with fmnist_jax as its only implementation.
+
+The peers need PyTorch, Keras and TensorFlow (their own environment), so they are
+not run here; fmnist_jax's own peer program and the runner's table are.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_compare_times_and_scores_fmnist_jax(real_data_dir, tmp_path):
+  command = [
+    sys.executable,
+    "-m",
+    "benchmarks.compare",
+    "--models=mlp_baseline",
+    "--peers=fmnist_jax",
+    "--repeats=2",
+    "--num_examples=4000",
+    "--epochs=2",
+    "--peak_gflops=100",
+    "--nowait_quiet",
+    f"--out={tmp_path}",
+  ]
+  done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+
+  result = json.loads((tmp_path / "compare.json").read_text())
+  runs = result["runs"]["mlp_baseline"]["fmnist_jax"]
+  assert [run.get("error") for run in runs] == [None, None]
+  assert all(run["num_params"] == 266_610 for run in runs)  # A1: 784-300-100-10
+  row = result["table"]["mlp_baseline"]["fmnist_jax"]
+  speeds = [run["images_per_s"] for run in runs]
+  assert row["images_per_s_min"] == min(speeds) > 0 and row["runs"] == 2
+  # The roofline fraction is images/s x training FLOPs per image over the given peak.
+  flops = result["meta"]["flops"]["mlp_baseline"]
+  assert 1.0e6 < flops < 1.3e6  # ~1.13 MFLOP per image (forward + both gradients)
+  assert abs(row["roofline"] - row["images_per_s"] * flops / 100e9) < 1e-9
+  assert row["test_accuracy"] > 0.6  # 2 epochs of 4,000 images learn (0.69); chance is 0.1
+  assert (tmp_path / "compare.md").read_text().count("fmnist_jax") >= 1
+  assert (tmp_path / "compare.png").stat().st_size > 0
