@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 import types
 
 import jax
@@ -87,36 +88,57 @@ def test_a_checkpoint_moves_between_8_devices_and_1(real_data_dir, tmp_path, use
     np.testing.assert_array_equal(np.asarray(restored), saved)
 
 
+def _free_port() -> int:
+  with socket.socket() as probe:
+    probe.bind(("localhost", 0))
+    return probe.getsockname()[1]
+
+
+def _train_two_processes(workdir, port: int) -> list[tuple[int, str]]:
+  """Runs the 2-process run; (returncode, stderr) of each process. Once one fails, the
+  other (which would wait minutes for its peer) is killed."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  logs = [workdir.with_name(f"{workdir.name}_stderr_{index}.txt") for index in range(2)]
+  processes = []
+  for index, log in enumerate(logs):
+    command = worker_command(
+      workdir,
+      model="mlp_baseline",
+      devices=4,
+      epochs=2,
+      coordinator=f"localhost:{port}",
+      num_processes=2,
+      process_id=index,
+    )
+    with log.open("w") as stderr:
+      processes.append(subprocess.Popen(command, env=env, stderr=stderr))
+  deadline = time.monotonic() + 600
+  while any(process.poll() is None for process in processes) and time.monotonic() < deadline:
+    if any(process.poll() for process in processes):  # one failed
+      break
+    time.sleep(0.2)
+  for process in processes:
+    if process.poll() is None:
+      process.kill()
+      process.wait()
+  return [(process.returncode, logs[index].read_text()) for index, process in enumerate(processes)]
+
+
 def test_two_processes_train_the_one_process_model(real_data_dir, tmp_path):
   """Multi-host on one machine: 2 processes x 2 CPU devices, one shared workdir."""
   train_in_process(tmp_path / "one", model="mlp_baseline", devices=1, epochs=2)
-  with socket.socket() as probe:  # a free port for the coordinator
-    probe.bind(("localhost", 0))
-    port = probe.getsockname()[1]
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-  processes = [
-    subprocess.Popen(
-      worker_command(
-        tmp_path / "two",
-        model="mlp_baseline",
-        devices=4,
-        epochs=2,
-        coordinator=f"localhost:{port}",
-        num_processes=2,
-        process_id=index,
-      ),
-      env=env,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for index in range(2)
-  ]
-  for process in processes:
-    _, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr[-3000:]
-  assert_same_model(tmp_path / "one", tmp_path / "two")
+  # The coordinator binds a port found free a moment before; if another process took
+  # it in between, try another (only then: any other failure fails the test).
+  for attempt in range(3):
+    workdir = tmp_path / f"two_{attempt}"
+    results = _train_two_processes(workdir, _free_port())
+    if not any(code and "Failed to add port to server" in err for code, err in results):
+      break
+  for code, stderr in results:
+    assert code == 0, stderr[-3000:]
+  assert_same_model(tmp_path / "one", workdir)
   # Only process 0 writes the history: each epoch once.
-  assert [r["epoch"] for r in checkpoint.read_metrics(tmp_path / "two")] == [1, 2]
+  assert [r["epoch"] for r in checkpoint.read_metrics(workdir)] == [1, 2]
 
 
 def test_batches_that_do_not_split_over_the_devices_are_refused(monkeypatch):
