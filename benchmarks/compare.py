@@ -86,7 +86,9 @@ def spec_for(name: str) -> tuple[dict, float]:
   from fmnist_jax import cli, models
 
   config = cli.load_config(name)
-  model = models.build(config.model, conv_impl=config.conv_impl, rngs=nnx.Rngs(0))
+  model = models.build(
+    config.model, conv_impl=config.conv_impl, pool_order=config.pool_order, rngs=nnx.Rngs(0)
+  )
   model.eval()  # FLOPs of the layers; dropout's masks are not counted
   graphdef, state = nnx.split(model)
 

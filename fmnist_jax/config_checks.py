@@ -81,6 +81,7 @@ def check(config: ConfigDict, *, num_train: int | None = None, has_validation: b
   if not isinstance(config.seed, int):
     _fail("seed", config.seed, "must be an integer")
   _one_of(config, "conv_impl", layers.CONV_IMPLS)
+  _one_of(config, "pool_order", layers.POOL_ORDERS)
   _one_of(config, "compute_dtype", tuple(layers.COMPUTE_DTYPES))
   _in_range(config, "divergence_threshold", 0.0, math.inf)
   _in_range(config, "label_smoothing", 0.0, 1.0)

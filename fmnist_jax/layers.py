@@ -351,6 +351,93 @@ def max_pool(x_BxHxWxC, window: int = 2):
   return x.reshape(batch, out_h, window, out_w, window, channels).max(axis=(2, 4))
 
 
+POOL_ORDERS = ("auto", "pool_first", "pool_last")
+# Activations f with max(f(window)) == f(max(window)): they commute with max pooling.
+NONDECREASING_ACTIVATIONS = ("relu", "leaky_relu", "elu", "selu", "tanh", "sigmoid", "linear")
+
+
+def resolve_pool_order(order: str) -> str:
+  """Maps "auto" to "pool_first" on CPU and "pool_last" elsewhere; validates the name.
+
+  "pool_last" computes conv -> batch norm -> activation -> max pool as written;
+  "pool_first" the same function with the pool moved ahead (`pool_then_normalize`).
+  """
+  if order not in POOL_ORDERS:
+    raise ConfigError(f"unknown pool_order {order!r}; choose one of {list(POOL_ORDERS)}")
+  if order == "auto":
+    return "pool_first" if jax.default_backend() == "cpu" else "pool_last"
+  return order
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _signed_max_pool(x_BxHxWxC, sign_C, window):
+  """Per channel the maximum (sign 1) or the minimum (sign -1) of each window."""
+  return max_pool(x_BxHxWxC * sign_C, window) * sign_C
+
+
+def _signed_max_pool_forward(x_BxHxWxC, sign_C, window):
+  pooled = _signed_max_pool(x_BxHxWxC, sign_C, window)
+  return pooled, (x_BxHxWxC, sign_C, pooled)
+
+
+def _signed_max_pool_backward(window, residuals, dy_BxHoxWoxC):
+  # Autodiff's rule for a max (the gradient split evenly between a window's tied
+  # extremes), with the tie mask recomputed from x, which batch norm keeps anyway,
+  # instead of saved as a float array the size of x.
+  x_BxHxWxC, sign_C, pooled = residuals
+  batch, height, width, channels = x_BxHxWxC.shape
+  _, out_h, out_w, _ = pooled.shape
+  windows = x_BxHxWxC[:, : out_h * window, : out_w * window, :].reshape(
+    batch, out_h, window, out_w, window, channels
+  )
+  hits = windows == pooled[:, :, None, :, None, :]
+  share = dy_BxHoxWoxC / hits.sum(axis=(2, 4), dtype=dy_BxHoxWoxC.dtype)
+  dx = jnp.where(hits, share[:, :, None, :, None, :], 0).reshape(
+    batch, out_h * window, out_w * window, channels
+  )
+  dx = jnp.pad(dx, ((0, 0), (0, height - out_h * window), (0, width - out_w * window), (0, 0)))
+  return dx, jnp.zeros_like(sign_C)
+
+
+_signed_max_pool.defvjp(_signed_max_pool_forward, _signed_max_pool_backward)
+
+
+def pool_then_normalize(norm: nnx.BatchNorm, x_BxHxWxC, window: int = 2):
+  """`max_pool(norm(x), window)`, computed with the pool first.
+
+  Batch norm's statistics come from the whole x, and update the running ones, as in
+  `nnx.BatchNorm`; its per-channel map y = (x - mean) * mul + bias is monotone in
+  x, so a window's maximum of y is the map of the window's maximum of x where mul
+  >= 0 and of its minimum where mul < 0. The map, and any non-decreasing activation
+  after it, then run on a window**2 times smaller array. The same function and the
+  same gradients, ties included, up to float rounding; only where a channel's scale
+  is exactly 0 (a kink of the maximum in the scale) do the two orders pick different
+  subgradients for it. B4 CNN on 2 CPU cores: 1,950-2,058 -> 2,131-2,302 images/s.
+  """
+  scale = norm.scale[...] if norm.scale is not None else None
+  bias = norm.bias[...] if norm.bias is not None else None
+  x, mean, var, scale, bias = norm.promote_dtype(
+    (x_BxHxWxC, norm.mean[...], norm.var[...], scale, bias), dtype=norm.dtype
+  )
+  if not norm.use_running_average:
+    # As flax's _compute_stats: at least float32; E[x^2] - E[x]^2, clipped at 0.
+    x_stats = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    mean = x_stats.mean(axis=(0, 1, 2))
+    if norm.use_fast_variance:
+      var = jnp.maximum(0.0, jnp.square(x_stats).mean(axis=(0, 1, 2)) - jnp.square(mean))
+    else:
+      var = jnp.square(x_stats - mean).mean(axis=(0, 1, 2))
+    norm.mean[...] = norm.momentum * norm.mean[...] + (1 - norm.momentum) * mean
+    norm.var[...] = norm.momentum * norm.var[...] + (1 - norm.momentum) * var
+  mul = jax.lax.rsqrt(var + norm.epsilon)
+  if scale is not None:
+    mul = mul * scale
+  sign = jnp.where(mul >= 0, 1, -1).astype(x.dtype)
+  y = (_signed_max_pool(x, sign, window) - mean) * mul
+  y = y + bias if bias is not None else y
+  return y.astype(norm.dtype or x.dtype)  # the statistics are float32 (flax casts alike)
+
+
 def dense(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Linear:
   """A Keras-initialised dense layer."""
   return nnx.Linear(

@@ -255,6 +255,7 @@ class ConvStage(nnx.Module):
     pool: bool,
     dropout_rate: float,
     conv_impl: str,
+    pool_order: str = "auto",
     rngs: nnx.Rngs,
   ):
     self.conv = layers.Conv(
@@ -264,9 +265,15 @@ class ConvStage(nnx.Module):
     self.activation = layers.activation(activation)
     self.pool = pool
     self.dropout = layers.Dropout(dropout_rate)
+    layers.resolve_pool_order(pool_order)  # fail early on a bad name
+    # The pool can go first only where it commutes with the activation.
+    self.pool_order = pool_order if activation in layers.NONDECREASING_ACTIVATIONS else "pool_last"
 
   def __call__(self, x, *, rngs: nnx.Rngs | None = None):
     x = self.conv(x)
+    pool_first = layers.resolve_pool_order(self.pool_order) == "pool_first"
+    if self.pool and self.norm is not None and pool_first:
+      return self.dropout(self.activation(layers.pool_then_normalize(self.norm, x)), rngs=rngs)
     if self.norm is not None:
       x = self.norm(x)
     x = self.activation(x)
@@ -290,6 +297,7 @@ class CNN(nnx.Module):
     conv_dropout_rates: float | Sequence[float] = 0.0,
     dense_dropout_rates: float | Sequence[float] = 0.0,
     conv_impl: str = "auto",
+    pool_order: str = "auto",
     num_classes: int = NUM_CLASSES,
     rngs: nnx.Rngs,
   ):
@@ -307,6 +315,7 @@ class CNN(nnx.Module):
           pool=pool_here,
           dropout_rate=rate,
           conv_impl=conv_impl,
+          pool_order=pool_order,
           rngs=rngs,
         )
       )
@@ -533,13 +542,16 @@ def build(
   model_config: ConfigDict,
   *,
   conv_impl: str = "auto",
+  pool_order: str = "auto",
   compute_dtype: str = "float32",
   rngs: nnx.Rngs,
 ) -> nnx.Module:
   """Builds `MODELS[model_config.name]` from the rest of `model_config`'s fields.
 
-  `compute_dtype` other than float32 (e.g. bfloat16 on GPU/TPU) casts each layer's
-  inputs and parameters on the fly; the parameters themselves stay float32.
+  `conv_impl` and `pool_order` (the CNN's) choose how, not what, the model computes
+  (layers.resolve_conv_impl, layers.resolve_pool_order). `compute_dtype` other than
+  float32 (e.g. bfloat16 on GPU/TPU) casts each layer's inputs and parameters on the
+  fly; the parameters themselves stay float32.
   """
   kwargs = model_config.to_dict()
   name = kwargs.pop("name", None)
@@ -547,6 +559,8 @@ def build(
     raise ConfigError(f"unknown model.name {name!r}; choose one of {sorted(MODELS)}")
   if name in CONV_MODELS:
     kwargs["conv_impl"] = conv_impl
+  if name == "cnn":
+    kwargs["pool_order"] = pool_order
   try:
     model = MODELS[name](**kwargs, rngs=rngs)
   except TypeError as error:  # an argument the constructor does not take

@@ -402,6 +402,7 @@ class Trainer:
       return models.build(
         config.model,
         conv_impl=config.conv_impl,
+        pool_order=config.pool_order,
         compute_dtype=config.compute_dtype,
         rngs=nnx.Rngs(params=key),
       )

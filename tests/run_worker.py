@@ -1,7 +1,7 @@
 """Training in a process of its own, for tests that need one: fake devices, kill -9.
 
   python tests/run_worker.py WORKDIR [--model=small|mlp_baseline|cnn] [--devices=N]
-      [--epochs=N] [--num_train=N] [--every=N] [--sgd=LEARNING_RATE]
+      [--epochs=N] [--num_train=N] [--every=N] [--sgd=LEARNING_RATE] [--pool_order=ORDER]
       [--kill=commit:EPOCH|logged:EPOCH|save:EPOCH:SECONDS] [--time_saves=1]
       [--coordinator=HOST:PORT --num_processes=N --process_id=I]
 
@@ -109,6 +109,7 @@ def main():
   parser.add_argument("--num_train", type=int, default=2_000)
   parser.add_argument("--every", type=int, default=1)
   parser.add_argument("--sgd", type=float, help="train with plain SGD at this learning rate")
+  parser.add_argument("--pool_order", help="config.pool_order (default: the config's)")
   parser.add_argument("--kill")
   parser.add_argument("--time_saves", type=int, default=0, help="1: print save times")
   parser.add_argument("--coordinator")
@@ -133,6 +134,8 @@ def main():
   )
   if args.sgd:
     override(config, **{"optimizer.name": "sgd", "optimizer.learning_rate": args.sgd})
+  if args.pool_order:
+    config.pool_order = args.pool_order
   train.fit(config, args.workdir, show_progress=False)
 
 

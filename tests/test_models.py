@@ -119,6 +119,88 @@ def test_conv_impl_auto_resolves_by_backend_and_rejects_unknown():
     layers.resolve_conv_impl("cudnn")
 
 
+def _norm_with_scales(scales, biases):
+  norm = layers.batch_norm(len(scales), rngs=nnx.Rngs(0))
+  norm.scale[...] = jnp.asarray(scales, jnp.float32)
+  norm.bias[...] = jnp.asarray(biases, jnp.float32)
+  return norm
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("side", [8, 9])  # 9: the ragged last row and column are dropped
+def test_pool_first_equals_batch_norm_then_pool(mode, side):
+  """pool_then_normalize + relu == max_pool(relu(norm(x))): outputs, gradients, statistics."""
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((4, side, side, 5)).astype(np.float32)
+  x[:, :4, :4, :] = 0.5  # tied windows, as a background of equal pixels gives
+  x = jnp.asarray(x)
+  # Negative scales pool the minimum; scales are nonzero (at 0 the two orders
+  # pick different subgradients of the kink, see pool_then_normalize).
+  scales, biases = [1.5, -0.7, 2.0, -1.0, 0.3], [0.1, -0.2, 0.0, 0.5, -1.0]
+  cotangent = jnp.asarray(rng.standard_normal((4, side // 2, side // 2, 5)), jnp.float32)
+
+  def loss(norm, x, pool_first):
+    if pool_first:
+      y = jax.nn.relu(layers.pool_then_normalize(norm, x))
+    else:
+      y = layers.max_pool(jax.nn.relu(norm(x)))
+    return jnp.sum(y * cotangent), y
+
+  results = {}
+  for pool_first in (False, True):
+    norm = _norm_with_scales(scales, biases)
+    norm.mean[...], norm.var[...] = jnp.full((5,), 0.2), jnp.full((5,), 1.7)
+    if mode == "eval":
+      norm.eval()
+    (_, y), grads = nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True)(norm, x, pool_first)
+    results[pool_first] = y, grads, norm.mean[...], norm.var[...]
+  (y_last, g_last, mean_last, var_last), (y_first, g_first, mean_first, var_first) = (
+    results[False],
+    results[True],
+  )
+  assert y_first.shape == (4, side // 2, side // 2, 5)
+  np.testing.assert_allclose(y_first, y_last, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(g_first[1], g_last[1], rtol=1e-5, atol=1e-6)  # d loss / d x
+  for name in ("scale", "bias"):
+    np.testing.assert_allclose(g_first[0][name][...], g_last[0][name][...], rtol=1e-5, atol=1e-5)
+  assert np.abs(np.asarray(g_last[1])).sum() > 1  # the gradients compared are not all 0
+  # The running statistics move in training (and equally), not in evaluation.
+  np.testing.assert_allclose(mean_first, mean_last, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(var_first, var_last, rtol=1e-6)
+  moved = not np.allclose(np.asarray(var_first), 1.7)
+  assert moved == (mode == "train")
+
+
+def test_cnn_pool_orders_compute_the_same_model():
+  """A batch-norm CNN: pool_first and pool_last give the same logits and gradients, and
+  pool_last is the layers as written (an activation that does not commute with the
+  pool keeps it too)."""
+  images = jnp.asarray(np.random.default_rng(1).random((8, 28, 28)), jnp.float32)
+  config = dict(conv_features=(8, 16), dense_sizes=(32,), batch_norm=True, pool=True)
+
+  def logits_and_grads(pool_order, activation="relu"):
+    model = models.CNN(**config, activation=activation, pool_order=pool_order, rngs=nnx.Rngs(0))
+    model.train()
+    loss = lambda model: jnp.sum(jnp.sin(model(images)))  # noqa: E731
+    return model(images), nnx.grad(loss)(model), model
+
+  last, first = logits_and_grads("pool_last"), logits_and_grads("pool_first")
+  np.testing.assert_allclose(first[0], last[0], rtol=1e-4, atol=1e-5)
+  # atol: the conv biases ahead of batch norm have a true gradient of 0 (float noise ~1e-5).
+  for a, b in zip(jax.tree.leaves(first[1]), jax.tree.leaves(last[1]), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+  assert first[2].stages[0].pool_order == "pool_first"
+  assert logits_and_grads("pool_first", "gelu")[2].stages[0].pool_order == "pool_last"
+
+
+def test_pool_order_auto_resolves_by_backend_and_rejects_unknown():
+  on_cpu = jax.default_backend() == "cpu"
+  assert layers.resolve_pool_order("auto") == ("pool_first" if on_cpu else "pool_last")
+  assert layers.resolve_pool_order("pool_last") == "pool_last"
+  with pytest.raises(ConfigError, match="pool_order"):
+    models.CNN(pool_order="before", rngs=nnx.Rngs(0))
+
+
 def test_autoencoder_parameter_counts_are_study_a3s():
   model = models.AutoencoderClassifier(rngs=nnx.Rngs(0))
   encoder_oracle = _conv_params(3, 1, 16) + _conv_params(3, 16, 32) + _conv_params(3, 32, 64)

@@ -34,11 +34,11 @@ def train_in_process(workdir, **flags):
   assert done.returncode == 0, done.stderr[-3000:]
 
 
-def assert_same_model(a, b):
+def assert_same_model(a, b, atol=2e-5):
   """Equal up to the summation order of the gradient all-reduce."""
   params_a, params_b = saved_params(a), saved_params(b)
   for x, y in zip(params_a, params_b, strict=True):
-    np.testing.assert_allclose(x, y, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(x, y, rtol=0, atol=atol)
   metrics_a, metrics_b = (
     json.loads((workdir / "results.json").read_text())["members"][0]["metrics"]
     for workdir in (a, b)
@@ -52,18 +52,29 @@ def assert_same_model(a, b):
 # up to lr (the conv biases before batch norm have a true gradient of 0), so two Adam
 # runs that differ only in summation order drift apart chaotically (measured: 0.98-0.9999
 # of the weights within 1e-4 after 2 epochs, depending on how XLA fuses the program).
-# With SGD the 8-device CNN equals the 1-device one to 1e-6, which a wrong dropout mask
-# or batch statistic on any device would break.
+# With SGD the 8-device CNN equals the 1-device one to 1e-6 (pool_last), which a wrong
+# dropout mask or batch statistic on any device would break. pool_first (CPU's default)
+# agrees to 7e-5 after the same 8 steps: it routes a window's gradient to the maximum of
+# the conv outputs themselves, among which windows of near-equal values (a background's)
+# are decided by float rounding, and that depends on how the matmul's rows are split.
 @pytest.mark.parametrize(
-  "model, num_train, sgd", [("mlp_baseline", 2000, None), ("cnn", 512, 0.05)]
+  "model, num_train, sgd, pool_order, atol",
+  [
+    ("mlp_baseline", 2000, None, None, 2e-5),
+    ("cnn", 512, 0.05, "pool_last", 2e-5),
+    ("cnn", 512, 0.05, "pool_first", 2e-4),
+  ],
 )
-def test_eight_devices_train_the_one_device_model(real_data_dir, tmp_path, model, num_train, sgd):
-  flags = {"sgd": sgd} if sgd else {}
+def test_eight_devices_train_the_one_device_model(
+  real_data_dir, tmp_path, model, num_train, sgd, pool_order, atol
+):
+  flags = {"sgd": sgd, "pool_order": pool_order}
+  flags = {key: value for key, value in flags.items() if value}
   for devices in (1, 8):
     train_in_process(
       tmp_path / str(devices), model=model, devices=devices, epochs=2, num_train=num_train, **flags
     )
-  assert_same_model(tmp_path / "1", tmp_path / "8")
+  assert_same_model(tmp_path / "1", tmp_path / "8", atol=atol)
 
 
 def test_a_checkpoint_moves_between_8_devices_and_1(real_data_dir, tmp_path, use_small_dataset):
