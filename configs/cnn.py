@@ -13,7 +13,10 @@ accuracy (seed 0), never on test:
 - batch norm after each conv (Keras' BatchNormalization defaults, before the
   relu): val 0.9361 -> 0.9379 (test 0.9257 -> 0.9291, best epoch 31 of 41).
 Study B's protocol: 48,000 / 12,000 seeded split, [0, 1] inputs; Keras init and
-Adam epsilon 1e-7; best weights restored.
+Adam epsilon 1e-7; best weights restored. The README's B4 runs were trained before
+2026-12-02 with pool_order="pool_last", which `--config.pool_order=pool_last`
+selects to reproduce them bit for bit; on CPU the default now pools first (the
+same function, different float rounding; configs/base.py).
 
   python launch.py --config=configs/cnn.py
 """
