@@ -345,10 +345,15 @@ def set_compute_dtype(module: nnx.Module, name: str) -> nnx.Module:
 
 def max_pool(x_BxHxWxC, window: int = 2):
   """Non-overlapping max pooling as reshape + max ("VALID": a ragged edge is dropped, as Keras)."""
+  return _windows(x_BxHxWxC, window).max(axis=(2, 4))
+
+
+def _windows(x_BxHxWxC, window: int):
+  """[B, H // window, window, W // window, window, C]: the pooling windows, ragged edge dropped."""
   batch, height, width, channels = x_BxHxWxC.shape
   out_h, out_w = height // window, width // window
   x = x_BxHxWxC[:, : out_h * window, : out_w * window, :]
-  return x.reshape(batch, out_h, window, out_w, window, channels).max(axis=(2, 4))
+  return x.reshape(batch, out_h, window, out_w, window, channels)
 
 
 POOL_ORDERS = ("auto", "pool_first", "pool_last")
@@ -387,10 +392,7 @@ def _signed_max_pool_backward(window, residuals, dy_BxHoxWoxC):
   x_BxHxWxC, sign_C, pooled = residuals
   batch, height, width, channels = x_BxHxWxC.shape
   _, out_h, out_w, _ = pooled.shape
-  windows = x_BxHxWxC[:, : out_h * window, : out_w * window, :].reshape(
-    batch, out_h, window, out_w, window, channels
-  )
-  hits = windows == pooled[:, :, None, :, None, :]
+  hits = _windows(x_BxHxWxC, window) == pooled[:, :, None, :, None, :]
   share = dy_BxHoxWoxC / hits.sum(axis=(2, 4), dtype=dy_BxHoxWoxC.dtype)
   dx = jnp.where(hits, share[:, :, None, :, None, :], 0).reshape(
     batch, out_h * window, out_w * window, channels
