@@ -34,11 +34,17 @@ def train_in_process(workdir, **flags):
   assert done.returncode == 0, done.stderr[-3000:]
 
 
-def assert_same_model(a, b, atol=2e-5):
-  """Equal up to the summation order of the gradient all-reduce."""
+def assert_same_model(a, b, atol=2e-5, median_atol=None):
+  """Equal up to the summation order of the gradient all-reduce: every parameter within
+  `atol`, and with `median_atol` also the median difference over all parameters."""
   params_a, params_b = saved_params(a), saved_params(b)
   for x, y in zip(params_a, params_b, strict=True):
     np.testing.assert_allclose(x, y, rtol=0, atol=atol)
+  if median_atol is not None:
+    differences = np.concatenate(
+      [np.abs(x - y).ravel() for x, y in zip(params_a, params_b, strict=True)]
+    )
+    assert np.median(differences) < median_atol
   metrics_a, metrics_b = (
     json.loads((workdir / "results.json").read_text())["members"][0]["metrics"]
     for workdir in (a, b)
@@ -52,21 +58,25 @@ def assert_same_model(a, b, atol=2e-5):
 # up to lr (the conv biases before batch norm have a true gradient of 0), so two Adam
 # runs that differ only in summation order drift apart chaotically (measured: 0.98-0.9999
 # of the weights within 1e-4 after 2 epochs, depending on how XLA fuses the program).
-# With SGD the 8-device CNN equals the 1-device one to 1e-6 (pool_last), which a wrong
-# dropout mask or batch statistic on any device would break. pool_first (CPU's default)
-# agrees to 7e-5 after the same 8 steps: it routes a window's gradient to the maximum of
-# the conv outputs themselves, among which windows of near-equal values (a background's)
-# are decided by float rounding, and that depends on how the matmul's rows are split.
+# With SGD the 8-device CNN equals the 1-device one to 1e-6 on an Intel Xeon, which a
+# wrong dropout mask or batch statistic on any device would break. On an AMD EPYC the
+# same test measured up to 2.4e-3 in conv1's kernel with pool_last (1.2e-4 in another
+# run; median over all parameters 1.2e-6) and 3.5e-7 with pool_first: the 2x2 pool
+# routes a window's gradient to its largest value, among near-equal values (a
+# background's) float rounding decides which, and that rounding depends on how the
+# matmuls' rows are split over devices and on the CPU model. One flip early on moves
+# a whole channel's kernel gradient. So the CNN is held to a loose maximum and a tight
+# median: a wrong statistic or mask moves every parameter, not a few channels.
 @pytest.mark.parametrize(
-  "model, num_train, sgd, pool_order, atol",
+  "model, num_train, sgd, pool_order, atol, median_atol",
   [
-    ("mlp_baseline", 2000, None, None, 2e-5),
-    ("cnn", 512, 0.05, "pool_last", 2e-5),
-    ("cnn", 512, 0.05, "pool_first", 2e-4),
+    ("mlp_baseline", 2000, None, None, 2e-5, None),
+    ("cnn", 512, 0.05, "pool_last", 1e-2, 2e-5),
+    ("cnn", 512, 0.05, "pool_first", 1e-2, 2e-5),
   ],
 )
 def test_eight_devices_train_the_one_device_model(
-  real_data_dir, tmp_path, model, num_train, sgd, pool_order, atol
+  real_data_dir, tmp_path, model, num_train, sgd, pool_order, atol, median_atol
 ):
   flags = {"sgd": sgd, "pool_order": pool_order}
   flags = {key: value for key, value in flags.items() if value}
@@ -74,7 +84,7 @@ def test_eight_devices_train_the_one_device_model(
     train_in_process(
       tmp_path / str(devices), model=model, devices=devices, epochs=2, num_train=num_train, **flags
     )
-  assert_same_model(tmp_path / "1", tmp_path / "8", atol=atol)
+  assert_same_model(tmp_path / "1", tmp_path / "8", atol=atol, median_atol=median_atol)
 
 
 def test_a_checkpoint_moves_between_8_devices_and_1(real_data_dir, tmp_path, use_small_dataset):
