@@ -13,7 +13,9 @@ E's save begins (while orbax writes it, or after), first writing the epochs then
 committed to WORKDIR/committed_at_kill.json. `--time_saves=1` prints how long
 each save takes to be fully written. Set XLA_FLAGS in the environment
 for fake CPU devices. `--coordinator` makes it one process of a multi-process
-("multi-host") run on this machine, its processes talking over gloo.
+("multi-host") run on this machine, its processes talking over gloo. Like
+launch.py, it keeps compiled programs in the user's compilation cache, so the
+tests' many short runs of one program compile it once.
 """
 
 import argparse
@@ -31,7 +33,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from small import override, small_config, small_dataset  # noqa: E402
 
 from configs import cnn, mlp_baseline  # noqa: E402
-from fmnist_jax import checkpoint, data, train  # noqa: E402
+from fmnist_jax import checkpoint, data, platform, train  # noqa: E402
 
 MODELS = {"small": small_config, "mlp_baseline": mlp_baseline.get_config, "cnn": cnn.get_config}
 
@@ -116,6 +118,7 @@ def main():
   parser.add_argument("--num_processes", type=int)
   parser.add_argument("--process_id", type=int)
   args = parser.parse_args()
+  platform.enable_compilation_cache(platform.default_compilation_cache())
   if args.coordinator:
     import jax
 

@@ -80,9 +80,10 @@ def test_dropout_points_share_one_program_with_each_layer_on_where_any_member_us
   assert program.members.hyperparams["optimizer.learning_rate"] == (1e-3, 3e-4)
 
 
-def _assert_members_equal_separate_runs(config, key, values, tmp_path):
+def _assert_members_equal_separate_runs(config, key, values, tmp_path, checked=None):
   """A one-key sweep of `config` is one program whose rows equal separate runs of `config`
-  with each value, with its members side by side (vmap) and one after another (map)."""
+  with each value (or with the values at the indices `checked`), with its members side by
+  side (vmap) and one after another (map)."""
   config.sweep.grid = f"{key}={list(values)}"
   swept = {}
   for execution in ("vmap", "map"):
@@ -91,6 +92,8 @@ def _assert_members_equal_separate_runs(config, key, values, tmp_path):
     assert swept[execution]["programs"] == [""]  # one program
   config.parallel.members = "auto"
   for index, value in enumerate(values):
+    if checked is not None and index not in checked:
+      continue
     alone_config = sweep.apply(config, {key: value})
     alone_config.sweep.grid = ""
     alone = train.fit(alone_config, tmp_path / f"alone{index}", show_progress=False)
@@ -112,7 +115,10 @@ def _assert_members_equal_separate_runs(config, key, values, tmp_path):
 def test_a_vmapped_learning_rate_sweep_equals_separate_runs(use_small_dataset, tmp_path):
   config = small_config(num_epochs=2, **{"optimizer.name": "sgd", "optimizer.momentum": 0.9})
   learning_rates = (0.3, 0.2, 0.1, 0.05, 0.03, 0.01, 0.003, 0.001)  # the issue's 8 values
-  _assert_members_equal_separate_runs(config, "optimizer.learning_rate", learning_rates, tmp_path)
+  # All 8 members in the program, checked against separate runs at the ends and the middle.
+  _assert_members_equal_separate_runs(
+    config, "optimizer.learning_rate", learning_rates, tmp_path, checked=(0, 3, 7)
+  )
 
 
 def test_a_vmapped_dropout_sweep_equals_separate_runs(use_small_dataset, tmp_path):
