@@ -1,8 +1,11 @@
 """Shared fixtures: the real Fashion-MNIST directory and tiny synthetic IDX files."""
 
+import atexit
 import hashlib
 import os
 import pathlib
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -10,6 +13,14 @@ from idx_files import IMAGES_MAGIC, LABELS_MAGIC, idx_bytes, write_idx
 
 from fmnist_jax import data
 from fmnist_jax.errors import DataError
+
+# The processes tests/run_worker.py starts share one compilation cache per test session
+# (set here, before xdist starts its workers, so they inherit it), not the user's: a
+# worker killed on purpose mid-write would otherwise leave a truncated entry there.
+if "FMNIST_TEST_COMPILATION_CACHE" not in os.environ:
+  _compilation_cache = tempfile.mkdtemp(prefix="fmnist_jax_test_compilation_")
+  os.environ["FMNIST_TEST_COMPILATION_CACHE"] = _compilation_cache
+  atexit.register(shutil.rmtree, _compilation_cache, ignore_errors=True)
 
 # Tiny synthetic sets: big enough for splits, small enough to write in milliseconds.
 SYNTHETIC_NUM_TRAIN = 50

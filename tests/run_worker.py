@@ -13,9 +13,10 @@ E's save begins (while orbax writes it, or after), first writing the epochs then
 committed to WORKDIR/committed_at_kill.json. `--time_saves=1` prints how long
 each save takes to be fully written. Set XLA_FLAGS in the environment
 for fake CPU devices. `--coordinator` makes it one process of a multi-process
-("multi-host") run on this machine, its processes talking over gloo. Like
-launch.py, it keeps compiled programs in the user's compilation cache, so the
-tests' many short runs of one program compile it once.
+("multi-host") run on this machine, its processes talking over gloo. Compiled
+programs go to the cache in $FMNIST_TEST_COMPILATION_CACHE (tests/conftest.py
+sets one per test session), so the tests' many short runs of one program
+compile it once.
 """
 
 import argparse
@@ -118,7 +119,7 @@ def main():
   parser.add_argument("--num_processes", type=int)
   parser.add_argument("--process_id", type=int)
   args = parser.parse_args()
-  platform.enable_compilation_cache(platform.default_compilation_cache())
+  platform.enable_compilation_cache(os.environ.get("FMNIST_TEST_COMPILATION_CACHE"))
   if args.coordinator:
     import jax
 
