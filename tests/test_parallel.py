@@ -92,7 +92,7 @@ def test_a_checkpoint_moves_between_8_devices_and_1(real_data_dir, tmp_path, use
   for devices in (1, 8):
     train_in_process(tmp_path / f"on{devices}", model="mlp_baseline", devices=devices, epochs=1)
     shutil.copytree(tmp_path / f"on{devices}", tmp_path / f"on{devices}_then{9 - devices}")
-  # 8 -> 8 is test_eight_devices_train_the_one_device_model's run with a resume.
+  # No 8 -> 8: test_eight_devices_train_the_one_device_model trains on 8, 1 -> 1 resumes.
   for first, then in ((1, 1), (1, 8), (8, 1)):
     train_in_process(
       tmp_path / f"on{first}" if first == then else tmp_path / f"on{first}_then{then}",
