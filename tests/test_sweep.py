@@ -91,9 +91,8 @@ def _assert_members_equal_separate_runs(config, key, values, tmp_path, checked=N
     swept[execution] = sweep.run(config, tmp_path / execution, show_progress=False)
     assert swept[execution]["programs"] == [""]  # one program
   config.parallel.members = "auto"
-  for index, value in enumerate(values):
-    if checked is not None and index not in checked:
-      continue
+  for index in range(len(values)) if checked is None else checked:
+    value = values[index]
     alone_config = sweep.apply(config, {key: value})
     alone_config.sweep.grid = ""
     alone = train.fit(alone_config, tmp_path / f"alone{index}", show_progress=False)
