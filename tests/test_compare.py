@@ -33,6 +33,7 @@ def test_compare_times_and_scores_fmnist_jax(real_data_dir, tmp_path):
   runs = result["runs"]["mlp_baseline"]["fmnist_jax"]
   assert [run.get("error") for run in runs] == [None, None]
   assert all(run["num_params"] == 266_610 for run in runs)  # A1: 784-300-100-10
+  assert [run["seed"] for run in runs] == [0, 1]  # repeat r trains with seed r
   row = result["table"]["mlp_baseline"]["fmnist_jax"]
   speeds = [run["images_per_s"] for run in runs]
   assert row["images_per_s_min"] == min(speeds) > 0 and row["runs"] == 2
@@ -41,5 +42,8 @@ def test_compare_times_and_scores_fmnist_jax(real_data_dir, tmp_path):
   assert 1.0e6 < flops < 1.3e6  # ~1.13 MFLOP per image (forward + both gradients)
   assert abs(row["roofline"] - row["images_per_s"] * flops / 100e9) < 1e-9
   assert row["test_accuracy"] > 0.6  # 2 epochs of 4,000 images learn (0.69); chance is 0.1
+  accuracies = [run["test_accuracy"] for run in runs]
+  assert abs(row["test_accuracy"] - sum(accuracies) / 2) < 1e-12  # the mean over the seeds
+  assert row["test_accuracy_min"] == min(accuracies)
   assert (tmp_path / "compare.md").read_text().count("fmnist_jax") >= 1
   assert (tmp_path / "compare.png").stat().st_size > 0

@@ -12,6 +12,7 @@ def parse_args():
   parser.add_argument("--spec", required=True, help="JSON file written by benchmarks.compare")
   parser.add_argument("--data", required=True, help="npz: train_images/labels, test_images/labels")
   parser.add_argument("--variant", default="", help="a peer's variant, e.g. 'compile' for torch")
+  parser.add_argument("--seed", type=int, default=0, help="initialisation, shuffling and dropout")
   args = parser.parse_args()
   with open(args.spec) as f:
     spec = json.load(f)
@@ -24,7 +25,7 @@ def scaled(images_uint8: np.ndarray) -> np.ndarray:
   return images_uint8.astype(np.float32) / 255.0
 
 
-def report(framework: str, spec: dict, num_params: int, epoch_seconds, test_accuracy):
+def report(framework: str, spec: dict, num_params: int, epoch_seconds, test_accuracy, seed: int):
   """Prints the one JSON line the runner reads."""
   if num_params != spec["num_params"]:
     raise SystemExit(
@@ -41,6 +42,7 @@ def report(framework: str, spec: dict, num_params: int, epoch_seconds, test_accu
         "first_epoch_s": epoch_seconds[0],
         "images_per_s": spec["num_examples"] / statistics.median(steady),
         "test_accuracy": float(test_accuracy),
+        "seed": seed,
       }
     )
   )

@@ -19,8 +19,9 @@ from fmnist_jax import metrics, models, train
 
 
 def main():
-  _, spec, arrays = parse_args()
+  args, spec, arrays = parse_args()
   config = ConfigDict(spec["config"])
+  config.seed = args.seed
   images = jax.device_put(arrays["train_images"])
   labels = jax.device_put(arrays["train_labels"].astype(np.int32))
   trainer = train.Trainer.create(config, arrays["train_images"], len(arrays["train_labels"]))
@@ -38,7 +39,7 @@ def main():
   confusion, _ = trainer.evaluate_members(state, arrays["test_images"], arrays["test_labels"])
   accuracy = metrics.summarize(np.asarray(confusion[0]), 0.0, len(arrays["test_labels"]))
   num_params = models.count_params(state.params, stacked=True)
-  report("fmnist_jax", spec, num_params, epoch_seconds, accuracy["accuracy"])
+  report("fmnist_jax", spec, num_params, epoch_seconds, accuracy["accuracy"], config.seed)
 
 
 if __name__ == "__main__":

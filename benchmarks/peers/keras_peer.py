@@ -72,7 +72,7 @@ class EpochTimer(keras.callbacks.Callback):
 
 def main():
   args, spec, arrays = parse_args()
-  keras.utils.set_random_seed(0)
+  keras.utils.set_random_seed(args.seed)
   model = build(spec)
   opt = spec["optimizer"]
   if opt["name"] == "sgd":
@@ -99,7 +99,7 @@ def main():
     scaled(arrays["test_images"])[..., None], arrays["test_labels"], batch_size=1000, verbose=0
   )
   trainable = sum(int(np.prod(weight.shape)) for weight in model.trainable_weights)
-  report(f"keras ({keras.backend.backend()})", spec, trainable, timer.seconds, accuracy)
+  report(f"keras ({keras.backend.backend()})", spec, trainable, timer.seconds, accuracy, args.seed)
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def optimizer(spec, params):
 
 def main():
   args, spec, arrays = parse_args()
-  torch.manual_seed(0)
+  torch.manual_seed(args.seed)
   # The GPU when there is one, with the data on it from the start, as fmnist_jax keeps it.
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
   torch.backends.cudnn.benchmark = True
@@ -113,7 +113,7 @@ def main():
   images = torch.from_numpy(scaled(arrays["train_images"])[:, None]).to(device)  # NCHW
   labels = torch.from_numpy(arrays["train_labels"].astype(np.int64)).to(device)
   batch = spec["batch_size"]
-  generator = torch.Generator().manual_seed(0)
+  generator = torch.Generator().manual_seed(args.seed)
   epoch_seconds = []
   for _ in range(spec["epochs"]):
     start = time.perf_counter()
@@ -133,7 +133,7 @@ def main():
     predictions = torch.cat([model(chunk).argmax(1) for chunk in test.split(1000)])
   accuracy = (predictions.cpu().numpy() == arrays["test_labels"]).mean()
   name = "pytorch" + (" (torch.compile)" if args.variant == "compile" else "")
-  report(name, spec, num_params, epoch_seconds, accuracy)
+  report(name, spec, num_params, epoch_seconds, accuracy, args.seed)
 
 
 if __name__ == "__main__":
