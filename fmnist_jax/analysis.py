@@ -311,7 +311,8 @@ def plot_learning_curves(
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    if ax.get_legend_handles_labels()[0]:  # a history without this metric has no lines
+      ax.legend(fontsize="small")
   if any("val/loss" in h for h in history.values()):
     for curves in history.values():
       losses = curves.get("val/loss", [])
