@@ -243,6 +243,32 @@ def _first_line(error: Exception) -> str:
   return text.splitlines()[0][:200] if text else ""
 
 
+def is_orphaned_read_callback(unraisable) -> bool:
+  """Whether an unraisable exception is a failed restore's late read callback.
+
+  When one read of a restore fails, orbax raises and closes its event loop while
+  tensorstore still has the checkpoint's other reads in flight; as each finishes,
+  its callback raises "Event loop is closed" in a tensorstore thread, which
+  Python would print as a bare traceback after fmnist_jax's one-line message.
+  """
+  error = unraisable.exc_value
+  return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def _drop_orphaned_read_callbacks():
+  """Keeps the late callbacks of a failed restore off the terminal; anything else still shows."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_orphaned_read_callbacks", False):
+    return
+
+  def hook(unraisable):
+    if not is_orphaned_read_callback(unraisable):
+      previous(unraisable)
+
+  hook.drops_orphaned_read_callbacks = True
+  sys.unraisablehook = hook
+
+
 class RunDir:
   """Owns one workdir: writes the config, appends metrics, saves and restores checkpoints."""
 
@@ -319,6 +345,7 @@ class RunDir:
       try:
         payload = manager.restore(epoch, args=ocp.args.StandardRestore(target))
       except Exception as error:  # orbax and tensorstore raise many types for a bad file
+        _drop_orphaned_read_callbacks()
         if self._read_only:  # an older epoch is not the model the run reported
           raise UserError(
             f"the latest checkpoint of the run in {self.path} (epoch {epoch}) is unreadable "
