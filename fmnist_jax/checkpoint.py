@@ -340,12 +340,13 @@ class RunDir:
       return None
     manager = self._managers[0]
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_payload)
+    # Before the first restore: a failed one's callbacks can fire before its error reaches us.
+    _drop_orphaned_read_callbacks()
     unreadable = []
     for epoch in sorted(manager.all_steps(), reverse=True):
       try:
         payload = manager.restore(epoch, args=ocp.args.StandardRestore(target))
       except Exception as error:  # orbax and tensorstore raise many types for a bad file
-        _drop_orphaned_read_callbacks()
         if self._read_only:  # an older epoch is not the model the run reported
           raise UserError(
             f"the latest checkpoint of the run in {self.path} (epoch {epoch}) is unreadable "
