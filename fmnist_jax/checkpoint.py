@@ -243,7 +243,7 @@ def _first_line(error: Exception) -> str:
   return text.splitlines()[0][:200] if text else ""
 
 
-def is_orphaned_read_callback(unraisable) -> bool:
+def _is_orphaned_read_callback(unraisable) -> bool:
   """Whether an unraisable exception is a failed restore's late read callback.
 
   When one read of a restore fails, orbax raises and closes its event loop while
@@ -262,7 +262,7 @@ def _drop_orphaned_read_callbacks():
     return
 
   def hook(unraisable):
-    if not is_orphaned_read_callback(unraisable):
+    if not _is_orphaned_read_callback(unraisable):
       previous(unraisable)
 
   hook.drops_orphaned_read_callbacks = True

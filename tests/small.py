@@ -82,6 +82,13 @@ def committed_epochs(workdir: pathlib.Path) -> list[int]:
     return sorted(manager.all_steps())
 
 
+def zero_checkpoint_data(checkpoint: pathlib.Path):
+  """Overwrites one checkpoint's array data with zeros, as a disk fault would leave it."""
+  for path in checkpoint.rglob("*"):
+    if path.is_file() and path.parent.name == "d":
+      path.write_bytes(b"\0" * path.stat().st_size)
+
+
 def without_times(value):
   """`value` (results, metrics records) without its wall-clock fields, to compare runs."""
   if isinstance(value, dict):

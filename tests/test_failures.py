@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 from idx_files import IMAGES_MAGIC, LABELS_MAGIC, idx_bytes, write_idx
+from small import zero_checkpoint_data
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NUM_TRAIN, NUM_TEST = 600, 200
@@ -401,10 +402,7 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(data_dir, tmp_p
 
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(run_copy, data_dir):
-  # Epoch 2's array data is overwritten, as a disk fault would leave it.
-  for path in (run_copy / "checkpoints" / "2").rglob("*"):
-    if path.is_file() and path.parent.name == "d":
-      path.write_bytes(b"\0" * path.stat().st_size)
+  zero_checkpoint_data(run_copy / "checkpoints" / "2")
   before = results_without_times(run_copy)
   result = launch(*BASE, f"--config.data.dir={data_dir}", f"--workdir={run_copy}")
   assert result.returncode == 0, result.stderr[-3000:]
@@ -418,9 +416,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(run_copy, data
 
 
 def test_predict_names_a_corrupt_latest_checkpoint(run_copy, tmp_path):
-  for path in (run_copy / "checkpoints" / "2").rglob("*"):
-    if path.is_file() and path.parent.name == "d":
-      path.write_bytes(b"\0" * path.stat().st_size)
+  zero_checkpoint_data(run_copy / "checkpoints" / "2")
   np.save(tmp_path / "x.npy", np.zeros((1, 28, 28), np.uint8))
   before = snapshot(run_copy)
   result = predict("--workdir", str(run_copy), str(tmp_path / "x.npy"))

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
-from small import small_config
+from small import small_config, zero_checkpoint_data
 
 from fmnist_jax import data, export, predict, runs, train
 
@@ -119,9 +119,7 @@ def test_loading_a_run_changes_nothing_and_accepts_an_older_config(
   assert _digests(workdir) == before
   # A corrupt latest checkpoint is named, not replaced by an older epoch, and left in place.
   latest = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-  for path in (workdir / "checkpoints" / str(latest)).rglob("*"):
-    if path.is_file() and path.parent.name == "d":
-      path.write_bytes(b"\0" * path.stat().st_size)
+  zero_checkpoint_data(workdir / "checkpoints" / str(latest))
   before = _digests(workdir)
   with pytest.raises(
     runs.UserError, match=rf"latest checkpoint .* \(epoch {latest}\) is unreadable"
