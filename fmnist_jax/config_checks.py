@@ -14,12 +14,33 @@ from fmnist_jax.errors import ConfigError
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle")
 PRETRAIN_LOSSES = ("mse", "binary_crossentropy")
+# Model keys holding layer widths (models.py); each a tuple of positive integers.
+LAYER_SIZE_KEYS = (
+  "hidden_sizes",
+  "dense_sizes",
+  "head_sizes",
+  "conv_features",
+  "stage_features",
+  "encoder_features",
+  "decoder_features",
+  "features",
+  "blocks",
+)
 # Metrics a sweep can rank and plot; a loss is minimized, the others maximized.
 SWEEP_METRICS = tuple(
   f"{split}/{key}"
   for split in ("val", "test", "train")
   for key in ("accuracy", "f1_macro", "precision_macro", "recall_macro", "loss")
 )
+
+
+def _positive_ints(values) -> bool:
+  """A tuple (or list) of positive integers, nested for residual stages' blocks."""
+  if not isinstance(values, tuple | list):
+    return False
+  return all(
+    _positive_ints(v) if isinstance(v, tuple | list) else type(v) is int and v > 0 for v in values
+  )
 
 
 def _fail(key: str, value, fix: str):
@@ -109,6 +130,10 @@ def check(config: ConfigDict, *, num_train: int | None = None, has_validation: b
   for key in ("activation", "head_activation", "autoencoder_activation"):
     if key in config.model:
       _one_of(config, f"model.{key}", sorted(layers.ACTIVATIONS))
+  for key in LAYER_SIZE_KEYS:
+    sizes = config.model.get(key)
+    if sizes is not None and not _positive_ints(sizes):
+      _fail(f"model.{key}", sizes, "must be a tuple of positive integers, e.g. (300, 100)")
   for key in models.DROPOUT_KEYS:
     rates = config.model.get(key, 0.0)
     for rate in rates if isinstance(rates, list | tuple) else (rates,):
