@@ -22,10 +22,12 @@ import errno
 import fcntl
 import functools
 import json
+import logging
 import os
 import pathlib
 import shutil
 import sys
+import traceback
 from typing import Any
 
 import jax
@@ -255,8 +257,34 @@ def _is_orphaned_read_callback(unraisable) -> bool:
   return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
 
 
-def _drop_orphaned_read_callbacks():
-  """Keeps the late callbacks of a failed restore off the terminal; anything else still shows."""
+def _is_orphaned_read_task(record: logging.LogRecord) -> bool:
+  """Whether an asyncio log record is a failed restore's other read, failing unawaited.
+
+  The same restore's other reads are asyncio tasks too; one that fails after the
+  first error (the same corrupt file) is never awaited, and asyncio logs "Task
+  exception was never retrieved" with its traceback when the task is collected.
+  Only errors raised in orbax's deserialization code qualify: never a save's.
+  """
+  error = record.exc_info[1] if record.exc_info else None
+  if error is None or not record.getMessage().startswith("Task exception was never retrieved"):
+    return False
+  return any(
+    f"orbax{os.sep}checkpoint" in frame.f_code.co_filename and "deserialize" in frame.f_code.co_name
+    for frame, _ in traceback.walk_tb(error.__traceback__)
+  )
+
+
+class _DropOrphanedReadTasks(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not _is_orphaned_read_task(record)
+
+
+def _quiet_failed_restore_leftovers():
+  """Keeps a failed restore's late callbacks and unawaited reads off the terminal (its
+  error is reported once, by fmnist_jax); anything else still shows. Installed once."""
+  asyncio_logger = logging.getLogger("asyncio")
+  if not any(isinstance(f, _DropOrphanedReadTasks) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_DropOrphanedReadTasks())
   previous = sys.unraisablehook
   if getattr(previous, "drops_orphaned_read_callbacks", False):
     return
@@ -341,7 +369,7 @@ class RunDir:
     manager = self._managers[0]
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_payload)
     # Before the first restore: a failed one's callbacks can fire before its error reaches us.
-    _drop_orphaned_read_callbacks()
+    _quiet_failed_restore_leftovers()
     unreadable = []
     for epoch in sorted(manager.all_steps(), reverse=True):
       try:
