@@ -42,8 +42,9 @@ import time
 import numpy as np
 from absl import app, flags
 
+from benchmarks import quiet
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-WAIT_QUIET = ROOT.parent / "shared" / "tools" / "wait-quiet"
 
 # Examples per epoch and epochs per run: each run is a few steady epochs after the first.
 WORKLOADS = {
@@ -77,7 +78,7 @@ _NUM_EXAMPLES = flags.DEFINE_integer(
 _EPOCHS = flags.DEFINE_integer("epochs", 0, "Epochs per run for every model (0: WORKLOADS').")
 _OUT = flags.DEFINE_string("out", "benchmarks/results", "Directory for compare.md/json/png.")
 _WAIT_QUIET = flags.DEFINE_bool(
-  "wait_quiet", True, f"Before each run, wait for a quiet machine ({WAIT_QUIET}, where present)."
+  "wait_quiet", True, f"Before each run, wait for a quiet machine ({quiet.WAIT_QUIET})."
 )
 
 
@@ -138,8 +139,7 @@ def write_data(spec: dict, directory: pathlib.Path) -> pathlib.Path:
 def run_one(implementation: str, spec_path, data_path, seed: int) -> dict:
   module, variant = IMPLEMENTATIONS[implementation]
   python = sys.executable if implementation == "fmnist_jax" else _PEER_PYTHON.value
-  if _WAIT_QUIET.value and WAIT_QUIET.exists():
-    subprocess.run([str(WAIT_QUIET)], check=False, capture_output=True)
+  quiet.wait_for_quiet(_WAIT_QUIET.value)
   command = [
     python,
     "-m",

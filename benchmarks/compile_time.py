@@ -1,7 +1,7 @@
 """Compile time of a whole run, for every config: what a user waits before training starts.
 
   python -m benchmarks.compile_time                 # every config in configs/
-  python -m benchmarks.compile_time --configs=cnn,resnet
+  python -m benchmarks.compile_time --configs=cnn,resnet --repeats=5
 
 Runs each config end to end (`launch.py`'s dispatch: a run, a sweep or an
 ensemble) for one epoch (and one pre-training epoch) on a 1,280 / 1,000 / 1,000
@@ -16,6 +16,10 @@ cache: a user's first `launch.py` run, which keeps its cache in
 ~/.cache/fmnist_jax (so an ensemble that reloads its members' runs finds their
 programs there). With `--compilation_cache=DIR` run twice, the second run times
 what a rerun or a resume waits; `--compilation_cache=off` times no cache at all.
+
+Compile times of one config swing up to 1.5x on a shared machine: each config is
+measured `--repeats` times (the configs interleaved, each after waiting for a
+quiet machine) and the table gives the median with the min-max.
 """
 
 from fmnist_jax import platform
@@ -25,6 +29,7 @@ platform.configure_xla()
 import collections
 import json
 import pathlib
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +38,7 @@ import time
 import jax
 from absl import app, flags, logging
 
+from benchmarks import quiet
 from fmnist_jax import cli, data
 
 _CONFIGS = flags.DEFINE_list("configs", None, "Config names (default: every one but base).")
@@ -41,6 +47,12 @@ _CACHE = flags.DEFINE_string(
   "",
   "A persistent compilation cache directory, as launch.py's (default: a fresh, empty one per "
   "config, a first run). Run twice with the same directory to time a rerun; 'off': no cache.",
+)
+_REPEATS = flags.DEFINE_integer(
+  "repeats", 3, "Measurements per config, interleaved; the table gives their median."
+)
+_WAIT_QUIET = flags.DEFINE_bool(
+  "wait_quiet", True, f"Before each measurement, wait for a quiet machine ({quiet.WAIT_QUIET})."
 )
 _ONE = flags.DEFINE_string("one", None, "Internal: measure this config (name[:argument]) here.")
 
@@ -129,20 +141,38 @@ def measure_in_child(label: str, cache: str) -> dict:
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _spread(values: list[float]) -> str:
+  if len(values) == 1:
+    return f"{values[0]:.1f}"
+  return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
 def main(argv):
   del argv
   if _ONE.value:
     measure_here(_ONE.value, _CACHE.value)
     return
   names = _CONFIGS.value or [n for n in cli.available_configs() if n not in SKIPPED]
-  print("| Config | Compile seconds (trace + lower + XLA or cache) | Whole 1-epoch subset run, s |")
-  print("|---|---|---|")
-  for name in names:
-    for argument in ARGUMENTS.get(name, (None,)):
-      label = f"{name}:{argument}" if argument else name
+  labels = [
+    f"{name}:{argument}" if argument else name
+    for name in names
+    for argument in ARGUMENTS.get(name, (None,))
+  ]
+  results = {label: [] for label in labels}
+  for _ in range(_REPEATS.value):  # interleaved: a noisy minute hits one repeat of each
+    for label in labels:
+      quiet.wait_for_quiet(_WAIT_QUIET.value)
       with tempfile.TemporaryDirectory() as fresh_cache:
-        result = measure_in_child(label, _CACHE.value or fresh_cache)
-      print(f"| {label} | {result['compile_s']:.1f} | {result['wall_s']:.1f} |", flush=True)
+        results[label].append(measure_in_child(label, _CACHE.value or fresh_cache))
+  print(
+    f"| Config | Compile seconds (trace + lower + XLA or cache), median (min-max) of "
+    f"{_REPEATS.value} | Whole 1-epoch subset run, s |"
+  )
+  print("|---|---|---|")
+  for label, runs in results.items():
+    compile_s = _spread([run["compile_s"] for run in runs])
+    wall_s = statistics.median(run["wall_s"] for run in runs)
+    print(f"| {label} | {compile_s} | {wall_s:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
