@@ -23,7 +23,6 @@ LAYER_SIZE_KEYS = (
   "stage_features",
   "encoder_features",
   "decoder_features",
-  "features",
   "blocks",
 )
 # Metrics a sweep can rank and plot; a loss is minimized, the others maximized.
@@ -35,7 +34,7 @@ SWEEP_METRICS = tuple(
 
 
 def _positive_ints(values) -> bool:
-  """A tuple (or list) of positive integers, nested for residual stages' blocks."""
+  """A tuple (or list) of positive integers, or of such tuples (VGG's `blocks`)."""
   if not isinstance(values, tuple | list):
     return False
   return all(
