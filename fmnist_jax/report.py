@@ -12,8 +12,10 @@ config are pooled across workdirs, so `runs/cnn` and `runs/cnn_seed1` give one r
 with mean +- std over both seeds, next to the study's reported number
 (`REPORTED` in the config file). Ensembles pool the same way: every ensemble of
 the same member configs is one row, so B6's seed pairs from `runs/cnn_ensemble`
-and `runs/cnn_ensemble_seed1` give one mean +- std. The Markdown links the runs' figures; the HTML
-embeds them (one self-contained file to mail or attach).
+and `runs/cnn_ensemble_seed1` give one mean +- std. A run without results.json yet
+(training, interrupted or crashed) is listed apart with its progress from
+metrics.jsonl. The Markdown links the runs' figures; the HTML embeds them (one
+self-contained file to mail or attach).
 """
 
 import argparse
@@ -98,10 +100,11 @@ def _label(name: str | None, overrides: list[str], fallback: str) -> str:
   return (name or fallback) + (f" ({', '.join(overrides)})" if overrides else "")
 
 
-def find_workdirs(root: pathlib.Path) -> tuple[list, list, list]:
-  """(runs, ensembles, sweeps) under `root`: directories with results.json, ensemble.json
-  or sweep.json. A sweep's programs are part of the sweep, not runs of their own."""
-  runs, ensembles, sweeps = [], [], []
+def find_workdirs(root: pathlib.Path) -> tuple[list, list, list, list]:
+  """(runs, ensembles, sweeps, unfinished) under `root`: directories with results.json,
+  ensemble.json or sweep.json, and runs with a config.json but no results.json yet
+  (training, interrupted or crashed). A sweep's programs are part of the sweep."""
+  runs, ensembles, sweeps, unfinished = [], [], [], []
   sweep_dirs = sorted(p.parent for p in root.rglob("sweep.json"))
 
   def in_sweep(workdir: pathlib.Path) -> bool:
@@ -119,7 +122,14 @@ def find_workdirs(root: pathlib.Path) -> tuple[list, list, list]:
   ensembles.sort(key=lambda item: item[0])
   for workdir in sweep_dirs:
     sweeps.append((workdir, json.loads((workdir / "sweep.json").read_text())))
-  return runs, ensembles, sweeps
+  for config_path in sorted(root.rglob("config.json")):
+    workdir = config_path.parent
+    if (workdir / "results.json").exists() or in_sweep(workdir):
+      continue
+    saved = json.loads(config_path.read_text())
+    if not saved.get("ensemble", {}).get("members"):  # an ensemble's members are runs
+      unfinished.append((workdir, saved, checkpoint.read_metrics(workdir)))
+  return runs, ensembles, sweeps, unfinished
 
 
 def pool_runs(runs, configs) -> list[Experiment]:
@@ -330,6 +340,37 @@ def sweep_rows(sweeps, root: pathlib.Path) -> list[list[str]]:
 SWEEP_HEADER = ["Sweep", "Swept keys", "Points", "Metric", "Best point"]
 
 
+UNFINISHED_HEADER = ["Workdir", "Config", "Epochs done", "Val accuracy, last / best", "Train time"]
+
+
+def unfinished_rows(unfinished, configs, root: pathlib.Path) -> list[list[str]]:
+  """One row per run still training or stopped before its end (rerun its command to resume):
+  epochs done of num_epochs, the members' mean validation accuracy at the last epoch and
+  the best of any epoch, from metrics.jsonl."""
+  rows = []
+  for workdir, saved, all_records in unfinished:
+    records = [r for r in all_records if "phase" not in r]  # not pre-training's epochs
+    name, overrides = identify(saved, configs)
+    done = max((r["epoch"] for r in records), default=0)
+    val = {}
+    for record in records:
+      if "val/accuracy" in record:
+        val.setdefault(record["epoch"], []).append(record["val/accuracy"])
+    mean_val = {epoch: float(np.mean(values)) for epoch, values in val.items()}
+    accuracy = f"{mean_val[max(mean_val)]:.4f} / {max(mean_val.values()):.4f}" if mean_val else "-"
+    seconds = sum({r["epoch"]: r.get("seconds", 0.0) for r in records}.values())
+    rows.append(
+      [
+        str(workdir.relative_to(root)),
+        _label(name, overrides, "?"),
+        f"{done} of {saved.get('num_epochs', '?')}",
+        accuracy,
+        duration(seconds),
+      ]
+    )
+  return rows
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
@@ -378,14 +419,17 @@ figcaption { font-size: 0.8em; color: #555; }
 def build(root: pathlib.Path, out: pathlib.Path) -> tuple[str, str]:
   """(markdown, html) of the report on every workdir under `root`; links relative to `out`."""
   configs = known_configs()
-  runs, ensembles, sweeps = find_workdirs(root)
+  runs, ensembles, sweeps, unfinished = find_workdirs(root)
   experiments = pool_runs(runs, configs)
   results = results_rows(experiments)
   ensemble_table = ensemble_rows(pool_ensembles(ensembles, configs, root))
   sweep_table = sweep_rows(sweeps, root)
+  unfinished_table = unfinished_rows(unfinished, configs, root)
   stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
   intro = (
-    f"{len(runs)} runs, {len(ensembles)} ensembles and {len(sweeps)} sweeps under `{root}`; "
+    f"{len(runs)} runs, {len(ensembles)} ensembles and {len(sweeps)} sweeps under `{root}`"
+    + (f" ({len(unfinished)} more not finished)" if unfinished else "")
+    + "; "
     f"generated {stamp} by `python -m fmnist_jax.report`. Each row pools the runs of one "
     f"config over their seeds (mean +- sample std); `Reported` is the study's test accuracy."
   )
@@ -421,6 +465,10 @@ def build(root: pathlib.Path, out: pathlib.Path) -> tuple[str, str]:
   if sweep_table:
     md += ["", "## Sweeps", "", markdown_table(SWEEP_HEADER, sweep_table)]
     doc += ["<h2>Sweeps</h2>", html_table(SWEEP_HEADER, sweep_table)]
+  if unfinished_table:
+    title = "Not finished (training, or stopped: rerun the run's command to resume)"
+    md += ["", f"## {title}", "", markdown_table(UNFINISHED_HEADER, unfinished_table)]
+    doc += [f"<h2>{html.escape(title)}</h2>", html_table(UNFINISHED_HEADER, unfinished_table)]
   md += ["", "## Runs", ""]
   doc.append("<h2>Runs</h2>")
   for e in experiments:

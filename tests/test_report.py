@@ -75,6 +75,34 @@ def test_runs_of_one_config_pool_over_seeds_beside_the_reported_number(runs_dir,
   assert "![Test confusion matrix](../runs/cnn/confusion.png)" in markdown
 
 
+def test_unfinished_runs_are_listed_with_their_progress(runs_dir, tmp_path):
+  cnn = cli.load_config("cnn")
+  cnn.num_seeds = 2
+  running = runs_dir / "cnn_running"
+  running.mkdir()
+  (running / "config.json").write_text(checkpoint.config_json(cnn))
+  records = [{"epoch": 1, "phase": "pretrain", "seconds": 50.0}]  # not a training epoch
+  for epoch, accuracies in ((1, (0.80, 0.82)), (2, (0.86, 0.85)), (3, (0.84, 0.85))):
+    records += [
+      {"epoch": epoch, "member": m, "val/accuracy": a, "seconds": 30.0}
+      for m, a in enumerate(accuracies)
+    ]
+  (running / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  # An ensemble's own directory is not a run: its members are.
+  ensemble = runs_dir / "cnn_ensemble"
+  ensemble.mkdir()
+  (ensemble / "config.json").write_text(checkpoint.config_json(cli.load_config("cnn_ensemble")))
+  markdown, page = report.build(runs_dir, tmp_path / "out")
+  assert "(1 more not finished)" in markdown
+  cells = row_of(markdown, "cnn")  # the finished runs' row is unchanged
+  assert cells[10] == "cnn, cnn_seed1"
+  rows = [line for line in markdown.splitlines() if line.startswith("| cnn_running |")]
+  # Epoch 3's mean 0.845 is the last; epoch 2's 0.855 the best; 3 epochs of 30 s.
+  assert rows == ["| cnn_running | cnn | 3 of 100 | 0.8450 / 0.8550 | 1 min 30 s |"]
+  assert "cnn_ensemble |" not in markdown.split("## Not finished")[1]
+  assert "<td>cnn_running</td>" in page
+
+
 def scores(test_accuracy: float) -> dict:
   """An ensemble's softmax-sum metrics on each split (train and val fixed)."""
   accuracies = zip(SPLITS, (0.98, 0.94, test_accuracy), strict=True)
