@@ -129,6 +129,11 @@ def check(config: ConfigDict, *, num_train: int | None = None, has_validation: b
   for key in ("activation", "head_activation", "autoencoder_activation"):
     if key in config.model:
       _one_of(config, f"model.{key}", sorted(layers.ACTIVATIONS))
+  for key in ("kernel_size", "depth", "width"):  # whole-model integers, where a model has them
+    if key in config.model:
+      _positive_int(config, f"model.{key}")
+  if "batch_norm_momentum" in config.model:
+    _in_range(config, "model.batch_norm_momentum", 0.0, 1.0)
   for key in LAYER_SIZE_KEYS:
     sizes = config.model.get(key)
     if sizes is not None and not _positive_ints(sizes):

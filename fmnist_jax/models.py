@@ -567,6 +567,12 @@ def build(
     raise ConfigError(
       f"model {name!r}: {error}; see fmnist_jax/models.py {MODELS[name].__name__} for its arguments"
     ) from None
+  except (ValueError, ArithmeticError, IndexError) as error:
+    # A value config_checks does not know (a model's own knob) that the layers cannot take.
+    raise ConfigError(
+      f"model {name!r} cannot be built from config.model ({type(error).__name__}: {error}); "
+      f"check its values against fmnist_jax/models.py {MODELS[name].__name__}"
+    ) from None
   return model if compute_dtype == "float32" else layers.set_compute_dtype(model, compute_dtype)
 
 

@@ -198,6 +198,11 @@ MISTAKES = {
     "model.hidden_sizes=",
     "must be a tuple of positive integers",
   ),
+  "kernel size of 0": Mistake(
+    ("--config=configs/cnn.py", "--config.model.kernel_size=0"),
+    "model.kernel_size=0",
+    "positive integer",
+  ),
   "dropout rate of 1.5": Mistake(
     ("--config=configs/mlp_1hidden.py", "--config.model.dropout_rates=1.5"),
     "dropout_rates",

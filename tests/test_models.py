@@ -368,6 +368,9 @@ def test_build_rejects_unknown_names_and_arguments():
     models.build(ConfigDict({"name": "transformer"}), rngs=nnx.Rngs(0))
   with pytest.raises(ConfigError, match="widths"):
     models.build(ConfigDict({"name": "cnn", "widths": (8,)}), rngs=nnx.Rngs(0))
+  # A value the layers cannot take, past config_checks (a direct call): named, not a traceback.
+  with pytest.raises(ConfigError, match=r"model 'cnn' cannot be built .*ZeroDivisionError"):
+    models.build(ConfigDict({"name": "cnn", "kernel_size": 0}), rngs=nnx.Rngs(0))
   with pytest.raises(ConfigError, match="activation 'relux'"):
     models.build(
       ConfigDict({"name": "mlp", "hidden_sizes": (8,), "activation": "relux"}), rngs=nnx.Rngs(0)
