@@ -119,6 +119,14 @@ def read_metrics(workdir: pathlib.Path) -> list[dict]:
   return read_jsonl(pathlib.Path(workdir) / "metrics.jsonl")
 
 
+def train_seconds(records: list[dict]) -> float:
+  """Wall seconds of every training epoch in metrics.jsonl records (each epoch once,
+  whatever its members; pre-training's epochs not counted)."""
+  return float(
+    sum({r["epoch"]: r["seconds"] for r in records if "seconds" in r and "phase" not in r}.values())
+  )
+
+
 def trim_jsonl(path: pathlib.Path, last_epoch: int):
   """Drops the records of epochs after `last_epoch` (pre-training records stay while any
   epoch is kept), which a resume from `last_epoch` redoes."""

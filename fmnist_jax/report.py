@@ -358,14 +358,13 @@ def unfinished_rows(unfinished, configs, root: pathlib.Path) -> list[list[str]]:
         val.setdefault(record["epoch"], []).append(record["val/accuracy"])
     mean_val = {epoch: float(np.mean(values)) for epoch, values in val.items()}
     accuracy = f"{mean_val[max(mean_val)]:.4f} / {max(mean_val.values()):.4f}" if mean_val else "-"
-    seconds = sum({r["epoch"]: r.get("seconds", 0.0) for r in records}.values())
     rows.append(
       [
         str(workdir.relative_to(root)),
         _label(name, overrides, "?"),
         f"{done} of {saved.get('num_epochs', '?')}",
         accuracy,
-        duration(seconds),
+        duration(checkpoint.train_seconds(all_records)),
       ]
     )
   return rows

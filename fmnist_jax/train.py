@@ -1143,7 +1143,7 @@ def fit(
         for index in range(num_members)
       ],
       "wall_seconds": time.time() - start_time,  # this process, so a resume counts from 0
-      "train_seconds": _train_seconds(run.read_metrics()),  # every epoch, across resumes
+      "train_seconds": checkpoint.train_seconds(run.read_metrics()),  # every epoch, across resumes
     }
     if num_members > 1 and all(len(set(v)) == 1 for v in members.hyperparams.values()):
       # Seeds of one recipe: their ensemble is free to score, and worth knowing.
@@ -1163,13 +1163,6 @@ def fit(
       smoothed_train_loss=smoothed,
     )
   return results
-
-
-def _train_seconds(records: list[dict]) -> float:
-  """Wall seconds of every epoch in metrics.jsonl (each epoch once, whatever its members)."""
-  return float(
-    sum({r["epoch"]: r["seconds"] for r in records if "seconds" in r and "phase" not in r}.values())
-  )
 
 
 def final_states(
