@@ -143,6 +143,7 @@ class Writer:
     if not (self._enabled and self._tensorboard):
       return
     from tensorboardX import SummaryWriter
+    from tensorboardX import summary as tensorboardx_summary
 
     hparams = flat_hparams(config)
     for path, member in zip(self._dirs, members, strict=True):
@@ -152,19 +153,22 @@ class Writer:
         for key in ("accuracy", "f1_macro", "loss")
         if key in values
       }
-      with SummaryWriter(str(path)) as writer:
-        writer.add_hparams(
-          {
-            **hparams,
-            "seed": member["seed"],
-            **{  # TensorBoard takes numbers and strings: per-layer rates become "(0.2, 0.4)"
-              key: value if isinstance(value, int | float) else metrics.format_value(value)
-              for key, value in member["hyperparameters"].items()
-            },
-          },
-          final,
-          name=".",
-        )
+      member_hparams = {
+        **hparams,
+        "seed": member["seed"],
+        **{  # TensorBoard takes numbers and strings: per-layer rates become "(0.2, 0.4)"
+          key: value if isinstance(value, int | float) else metrics.format_value(value)
+          for key, value in member["hyperparameters"].items()
+        },
+      }
+      # What `SummaryWriter.add_hparams(..., name=".")` writes, in a file of its own:
+      # tensorboardX names a file by the second it opens in and opens it for writing, so
+      # add_hparams' own writer overwrote the scalars of a run done within that second.
+      with SummaryWriter(str(path), filename_suffix=".hparams") as writer:
+        for summary_proto in tensorboardx_summary.hparams(member_hparams, final):
+          writer.file_writer.add_summary(summary_proto)
+        for key, value in final.items():
+          writer.add_scalar(key, value)
 
   def close(self):
     for writer in self._writers:

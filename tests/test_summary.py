@@ -99,3 +99,24 @@ def test_member_names_show_what_differs():
     "seed0_lr=0.01",
   ]
   assert json.loads(summary.flat_hparams(small_config())["model.hidden_sizes"]) == [64]
+
+
+def test_the_hparams_file_never_overwrites_the_scalars_of_the_same_second(tmp_path, monkeypatch):
+  # tensorboardX names an event file by the second it opens in; a run that finishes within
+  # that second wrote its HParams file over its scalars (seen in a fast test run).
+  from tensorboardX import event_file_writer
+
+  monkeypatch.setattr(event_file_writer, "time", type("Frozen", (), {"time": lambda: 1.7e9}))
+  config = small_config(**{"logging.every_steps": 1})
+  writer = summary.Writer(tmp_path, config, ["seed0"], steps_per_epoch=2, start_epoch=0)
+  step_metrics = {name: np.ones((1, 2)) for name in ("loss", "correct", "count")}
+  writer.log_steps(1, step_metrics, np.zeros(1, int), np.full((1, 2), 0.1), np.ones(1, bool))
+  writer.log_epoch([{"epoch": 1, "member": 0, "train/loss": 1.0}])
+  writer.close()
+  final = {"test": {"accuracy": 0.5, "loss": 1.0}}
+  writer.log_results(config, [{"seed": 0, "hyperparameters": {}, "metrics": final}])
+  scalars, tags = read_events(tmp_path / "tensorboard" / "seed0")
+  assert scalars["step/train/loss"] == {1: 1.0, 2: 1.0}
+  assert scalars["epoch/train/loss"] == {2: 1.0}
+  assert scalars["final/test/accuracy"] == {0: 0.5}
+  assert "config/text_summary" in tags
