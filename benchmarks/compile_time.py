@@ -9,7 +9,10 @@ image subset, and sums the seconds JAX reports for tracing, lowering and XLA
 compilation (or loading from the persistent cache) of every program the run
 compiles (train epoch, evaluation, prediction, early stopping, ...).
 Compilation does not depend on the number of examples: the scanned epoch is one
-loop whatever its length.
+loop whatever its length. A command that trains several runs (a sweep's programs,
+an ensemble's members) is also split into each run's share: each run compiles
+right before its own first epoch, after the run before it has trained, and the
+rest (an ensemble's scoring) is the difference.
 
 Each config runs in a fresh process with a fresh, empty persistent compilation
 cache: a user's first `launch.py` run, which keeps its cache in
@@ -90,8 +93,10 @@ def subset_loader():
   return load
 
 
-def measure(name: str, argument: str | None, seconds: collections.Counter) -> float:
-  from fmnist_jax import runs
+def measure(name: str, argument: str | None, seconds: collections.Counter) -> dict:
+  """{"compile_s": the whole command's, "runs_compile_s": each training run's (one per
+  `train.fit`: a sweep's programs, an ensemble's members), in order}."""
+  from fmnist_jax import runs, train
 
   config = cli.load_config(name, argument)
   config.num_epochs = 1
@@ -99,22 +104,34 @@ def measure(name: str, argument: str | None, seconds: collections.Counter) -> fl
   if config.pretrain.num_epochs:
     config.pretrain.num_epochs = 1
   seconds.clear()
+
+  def compiled() -> float:
+    return sum(seconds[event] for event in COMPILE_EVENTS)
+
   # Ensemble members are trained from their own config files: shorten them the same way.
-  original = runs.member_configs
+  original_members, original_fit = runs.member_configs, train.fit
+  runs_compile_s = []
 
   def short_members(config):
-    members = original(config)
+    members = original_members(config)
     for _, member in members:
       member.num_epochs, member.figures = 1, False
     return members
 
-  runs.member_configs = short_members
+  def fit_counted(*args, **kwargs):
+    before = compiled()
+    try:
+      return original_fit(*args, **kwargs)
+    finally:
+      runs_compile_s.append(compiled() - before)
+
+  runs.member_configs, train.fit = short_members, fit_counted
   try:
     with tempfile.TemporaryDirectory() as workdir:
       runs.run_config(config, pathlib.Path(workdir) / name, show_progress=False)
   finally:
-    runs.member_configs = original
-  return sum(seconds[event] for event in COMPILE_EVENTS)
+    runs.member_configs, train.fit = original_members, original_fit
+  return {"compile_s": compiled(), "runs_compile_s": runs_compile_s}
 
 
 def measure_here(label: str, cache: str) -> None:
@@ -128,8 +145,8 @@ def measure_here(label: str, cache: str) -> None:
   )
   name, _, argument = label.partition(":")
   start = time.perf_counter()
-  compile_s = measure(name, argument or None, seconds)
-  print(json.dumps({"compile_s": compile_s, "wall_s": time.perf_counter() - start}))
+  measured = measure(name, argument or None, seconds)
+  print(json.dumps({**measured, "wall_s": time.perf_counter() - start}))
 
 
 def measure_in_child(label: str, cache: str) -> dict:
@@ -170,13 +187,17 @@ def main(argv):
         results[label].append(measure_in_child(label, _CACHE.value or fresh_cache))
   print(
     f"| Config | Compile seconds (trace + lower + XLA or cache), median (min-max) of "
-    f"{_REPEATS.value} | Whole 1-epoch subset run, s |"
+    f"{_REPEATS.value} | Each training run's share, median | Whole 1-epoch subset run, s |"
   )
-  print("|---|---|---|")
-  for label, runs in results.items():
-    compile_s = _spread([run["compile_s"] for run in runs])
-    wall_s = statistics.median(run["wall_s"] for run in runs)
-    print(f"| {label} | {compile_s} | {wall_s:.1f} |", flush=True)
+  print("|---|---|---|---|")
+  for label, measured in results.items():
+    compile_s = _spread([run["compile_s"] for run in measured])
+    # A sweep's programs and an ensemble's members are runs of their own: each compiles
+    # before its own first epoch, after the run before it has trained.
+    shares = zip(*(run["runs_compile_s"] for run in measured), strict=True)
+    runs_s = " + ".join(f"{statistics.median(share):.1f}" for share in shares)
+    wall_s = statistics.median(run["wall_s"] for run in measured)
+    print(f"| {label} | {compile_s} | {runs_s} | {wall_s:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
