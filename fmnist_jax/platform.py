@@ -5,9 +5,14 @@ On XLA:CPU (measured on a 2-core machine, interleaved runs):
 - LLVM optimisation level 1 instead of 2 cuts a CNN run's compilation from
   11.0 s to 7.2 s and trains as fast or faster (CNN 1,560-1,660 vs 1,500-1,570
   images/s, ResNet 818-830 vs 777-780, MLP 145-150k vs 139-140k): the heavy
-  work runs in library kernels (XNNPACK, Eigen), not in LLVM-generated code.
+  work runs in library kernels (XNNPACK, Eigen), not in LLVM-generated code;
+- convolutions run in Eigen, not YNNPACK: YNNPACK's convolution uses one core
+  (a 3x3 conv at batch 128 takes the same 12 ms on one core as on two, Eigen's
+  6 ms on two), so `conv_impl="hybrid"` (`resnet.py`) trains 1.17-1.19x faster
+  (EPYC, 693-752 -> 811-898 images/s). Programs without a convolution op
+  (im2col CNNs, MLPs) compile to the same code either way.
 The flags are set only if the user has not set them, only before jax is
-imported, and the second only where no GPU or TPU plugin is installed (XLA's
+imported, and the LLVM level only where no GPU or TPU plugin is installed (XLA's
 GPU backend reads the same flag for the kernels it generates).
 
 On CPU JAX lowers its threefry random-bit hash as a 5-trip `while` loop (to
@@ -23,7 +28,10 @@ import os
 import pathlib
 import sys
 
-CPU_FLAGS = ("--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",)
+CPU_FLAGS = (
+  "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",
+  "--xla_cpu_experimental_ynn_fusion_type=-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
+)
 CPU_ONLY_FLAGS = ("--xla_backend_optimization_level=1",)
 # Per program, on CPU-only installs: the small programs a run compiles but barely
 # runs (initialisation, early stopping, the final selections and metrics) compile

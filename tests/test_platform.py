@@ -1,6 +1,7 @@
 """Process-level speed settings change speed only: the unrolled CPU threefry gives jax's bits."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -70,3 +71,43 @@ def test_initial_weights_compiled_cheaply_equal_the_optimised_programs(small_dat
         [leaf[index] for leaf in jax.tree.leaves(stacked)], jax.tree.leaves(single), strict=True
       ):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+# One of resnet.py's 3x3 convolutions (XLA leaves small ones to Eigen anyway), compiled
+# in a fresh process after `configure_xla`: the flags it set and the optimised HLO.
+_CONV_HLO = """
+from fmnist_jax import platform
+platform.configure_xla()
+import os, jax
+conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+  x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+x, w = jax.numpy.ones((128, 14, 14, 48)), jax.numpy.ones((3, 3, 48, 48))
+print(os.environ["XLA_FLAGS"])
+print(conv.lower(x, w).compile().as_text())
+"""
+
+
+def _conv_program(xla_flags: str) -> tuple[str, str]:
+  env = {**os.environ, "XLA_FLAGS": xla_flags}
+  done = subprocess.run(
+    [sys.executable, "-c", _CONV_HLO], capture_output=True, text=True, env=env, timeout=120
+  )
+  assert done.returncode == 0, done.stderr
+  flags, _, hlo = done.stdout.partition("\n")
+  return flags, hlo
+
+
+def test_cpu_flags_keep_convolutions_out_of_single_threaded_ynnpack():
+  # YNNPACK's convolution runs on one core (platform.py has the timings); Eigen's uses all.
+  flags, hlo = _conv_program("")
+  assert flags.split() == list(platform.CPU_FLAGS + platform.CPU_ONLY_FLAGS)
+  assert "convolution(" in hlo
+  assert "ynn" not in hlo
+  # The user's own value of a flag is kept, not overridden: here YNNPACK convolutions.
+  ynn_convolutions = (
+    "--xla_cpu_experimental_ynn_fusion_type=+LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
+  )
+  flags, hlo = _conv_program(ynn_convolutions)
+  assert flags.split()[0] == ynn_convolutions
+  assert "xla_cpu_experimental_xnn_graph_fusion_mode" in flags
+  assert "ynn" in hlo
