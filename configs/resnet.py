@@ -14,7 +14,9 @@ BatchNormalization momentum 0.99 / epsilon 1e-3.
 
 On CPU the stride-1 convolutions run as conv_impl="hybrid" (XLA's convolution,
 the kernel gradient as matmuls): 719 -> 845 images/s over im2col on 2 cores,
-interleaved. The B5 runs the README reports were trained with im2col (the
+interleaved; 1.17-1.19x faster again since XLA:CPU runs convolutions in Eigen,
+not in single-threaded YNNPACK (fmnist_jax/platform.py; EPYC 693-752 -> 811-898
+images/s). The B5 runs the README reports were trained with im2col (the
 default before 2026-12-02); `--config.conv_impl=im2col` reproduces them exactly.
 
   python launch.py --config=configs/resnet.py
