@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from unittest import mock
 
 import jax
 from absl import app, flags, logging
@@ -125,12 +126,12 @@ def measure(name: str, argument: str | None, seconds: collections.Counter) -> di
     finally:
       runs_compile_s.append(compiled() - before)
 
-  runs.member_configs, train.fit = short_members, fit_counted
-  try:
-    with tempfile.TemporaryDirectory() as workdir:
-      runs.run_config(config, pathlib.Path(workdir) / name, show_progress=False)
-  finally:
-    runs.member_configs, train.fit = original_members, original_fit
+  with (
+    mock.patch.object(runs, "member_configs", short_members),
+    mock.patch.object(train, "fit", fit_counted),
+    tempfile.TemporaryDirectory() as workdir,
+  ):
+    runs.run_config(config, pathlib.Path(workdir) / name, show_progress=False)
   return {"compile_s": compiled(), "runs_compile_s": runs_compile_s}
 
 
