@@ -17,20 +17,30 @@ those epochs (mean over the seeds; min-max), the ratio to fmnist_jax and the fra
 roofline (training FLOPs per image from XLA's cost analysis x images/s, over
 `--peak_gflops`). Writes compare.md, compare.json and compare.png to `--out`.
 
+Each implementation runs in the environment compare was started in: fmnist_jax
+with the XLA flags it sets itself (`fmnist_jax.platform`), Keras on JAX with
+XLA's defaults, as its users run it. `--peers=...,keras_jax_xla_flags` adds
+Keras on JAX given fmnist_jax's flags: what the flags alone are worth to a peer.
+
 The peers (benchmarks/peers/) need PyTorch, Keras 3 and TensorFlow, kept out of
 fmnist_jax's environment (see benchmarks/requirements-peers.txt and the README).
 """
+
+import os
+
+# Every implementation runs in the user's environment as it was: fmnist_jax's own
+# program sets its XLA flags itself, and a peer runs as its users run it, with
+# XLA's defaults (Keras on JAX), unless it is a `*_xla_flags` implementation.
+_USER_ENV = os.environ.copy()
 
 from fmnist_jax import platform
 
 platform.configure_xla()
 
 import json
-import os
 
 # This process only traces the models (FLOPs) and must leave the accelerator's
-# memory to the implementations it runs; they get the environment as it was.
-_CHILD_ENV = os.environ.copy()
+# memory to the implementations it runs.
 os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
 import pathlib
 import statistics
@@ -59,10 +69,18 @@ IMPLEMENTATIONS = {
   "pytorch_compile": ("torch_peer", "compile"),
   "keras_jax": ("keras_peer", "jax"),
   "keras_tensorflow": ("keras_peer", "tensorflow"),
+  # Keras on JAX given fmnist_jax's XLA flags (platform.CPU_FLAGS): what the flags
+  # alone give a JAX peer. Not a default peer: no Keras user runs with them.
+  "keras_jax_xla_flags": ("keras_peer", "jax"),
 }
+DEFAULT_IMPLEMENTATIONS = [name for name in IMPLEMENTATIONS if not name.endswith("_xla_flags")]
 
 _MODELS = flags.DEFINE_list("models", list(WORKLOADS), "Configs to compare (configs/<name>.py).")
-_PEERS = flags.DEFINE_list("peers", list(IMPLEMENTATIONS), "Implementations, fmnist_jax first.")
+_PEERS = flags.DEFINE_list(
+  "peers",
+  DEFAULT_IMPLEMENTATIONS,
+  f"Implementations, fmnist_jax first; of {', '.join(IMPLEMENTATIONS)}.",
+)
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Interleaved repeats of every implementation.")
 _PEER_PYTHON = flags.DEFINE_string(
   "peer_python", str(ROOT / ".venv-bench" / "bin" / "python"), "Python with the peers installed."
@@ -136,6 +154,19 @@ def write_data(spec: dict, directory: pathlib.Path) -> pathlib.Path:
   return path
 
 
+def child_env(implementation: str) -> dict[str, str]:
+  """The user's environment; a `*_xla_flags` peer's XLA_FLAGS gain fmnist_jax's."""
+  env = dict(_USER_ENV)
+  if implementation.endswith("_xla_flags"):
+    env["XLA_FLAGS"] = platform.with_xla_flags(env.get("XLA_FLAGS", ""))
+  return env
+
+
+def label(implementation: str, framework: str) -> str:
+  """A table row's name: the framework as its program reports it."""
+  return framework + (" + fmnist_jax's XLA flags" if implementation.endswith("_xla_flags") else "")
+
+
 def run_one(implementation: str, spec_path, data_path, seed: int) -> dict:
   module, variant = IMPLEMENTATIONS[implementation]
   python = sys.executable if implementation == "fmnist_jax" else _PEER_PYTHON.value
@@ -151,7 +182,8 @@ def run_one(implementation: str, spec_path, data_path, seed: int) -> dict:
   if variant:
     command.append(f"--variant={variant}")
   start = time.perf_counter()
-  done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=_CHILD_ENV)
+  env = child_env(implementation)
+  done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
   wall = time.perf_counter() - start
   if done.returncode != 0:
     return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
@@ -231,8 +263,9 @@ def markdown(table: dict, meta: dict) -> str:
         lines.append(f"| {implementation} | failed: {row['error'][:80]} | | | | | | |")
         continue
       ratio = f"{row['images_per_s'] / reference:.2f}x" if reference else ""
+      name = label(implementation, row["framework"])
       lines.append(
-        f"| {row['framework']} | {row['images_per_s']:,.0f} | {row['images_per_s_min']:,.0f}-"
+        f"| {name} | {row['images_per_s']:,.0f} | {row['images_per_s_min']:,.0f}-"
         f"{row['images_per_s_max']:,.0f} | {ratio} | {row['roofline']:.0%} | "
         f"{row['first_epoch_s']:.1f} | {row['process_wall_s']:.1f} | {row['test_accuracy']:.4f} "
         f"({row['test_accuracy_min']:.4f}-{row['test_accuracy_max']:.4f}) |"
@@ -276,6 +309,9 @@ def main(argv):
   out = pathlib.Path(_OUT.value)
   out.mkdir(parents=True, exist_ok=True)
   implementations = _PEERS.value
+  unknown = [name for name in implementations if name not in IMPLEMENTATIONS]
+  if unknown:
+    raise app.UsageError(f"--peers: unknown {unknown}; choose from {', '.join(IMPLEMENTATIONS)}.")
   runs = {name: {impl: [] for impl in implementations} for name in _MODELS.value}
   specs, flops = {}, {}
   peak_gflops = _PEAK_GFLOPS.value or measure_peak_gflops()

@@ -45,19 +45,21 @@ def _accelerator_plugin_installed() -> bool:
   return any(importlib.util.find_spec(name) for name in ("jax_plugins", "libtpu"))
 
 
-def configure_xla():
-  """Adds CPU_FLAGS (and on CPU-only installs CPU_ONLY_FLAGS) to XLA_FLAGS unless given.
-
-  A no-op once jax is imported.
-  """
-  if "jax" in sys.modules:
-    return
-  flags = os.environ.get("XLA_FLAGS", "")
+def with_xla_flags(flags: str) -> str:
+  """`flags` (an XLA_FLAGS value) plus CPU_FLAGS (and on CPU-only installs
+  CPU_ONLY_FLAGS), each unless `flags` already sets it."""
   wanted = CPU_FLAGS + (() if _accelerator_plugin_installed() else CPU_ONLY_FLAGS)
   for flag in wanted:
     if flag.split("=")[0] not in flags:
       flags = f"{flags} {flag}".strip()
-  os.environ["XLA_FLAGS"] = flags
+  return flags
+
+
+def configure_xla():
+  """XLA_FLAGS `with_xla_flags`. A no-op once jax is imported."""
+  if "jax" in sys.modules:
+    return
+  os.environ["XLA_FLAGS"] = with_xla_flags(os.environ.get("XLA_FLAGS", ""))
 
 
 def cheap_program_options() -> dict[str, object]:

@@ -1,5 +1,11 @@
 """Shared fixtures: the real Fashion-MNIST directory and tiny synthetic IDX files."""
 
+from fmnist_jax import platform
+
+# The XLA flags every entry point sets (launch.py, the benchmarks), before anything
+# imports jax: the tests run in this process compile the programs users run.
+platform.configure_xla()
+
 import atexit
 import hashlib
 import os
@@ -11,7 +17,7 @@ import numpy as np
 import pytest
 from idx_files import IMAGES_MAGIC, LABELS_MAGIC, idx_bytes, write_idx
 
-from fmnist_jax import data, platform
+from fmnist_jax import data
 from fmnist_jax.errors import DataError
 
 # The processes tests/run_worker.py starts share one compilation cache per test session

@@ -47,3 +47,34 @@ def test_compare_times_and_scores_fmnist_jax(real_data_dir, tmp_path):
   assert row["test_accuracy_min"] == min(accuracies)
   assert (tmp_path / "compare.md").read_text().count("fmnist_jax") >= 1
   assert (tmp_path / "compare.png").stat().st_size > 0
+
+
+# Run in a process of its own: compare defines absl flags other benchmarks define too.
+_CHILD_ENVS = """
+import json, os
+os.environ["XLA_FLAGS"] = "--xla_dump_to=/tmp/xla_dump"
+from benchmarks import compare
+print(json.dumps({
+  name: compare.child_env(name).get("XLA_FLAGS") for name in compare.IMPLEMENTATIONS
+} | {"defaults": compare.DEFAULT_IMPLEMENTATIONS, "this process": os.environ["XLA_FLAGS"]}))
+"""
+
+
+def test_peers_run_with_the_users_xla_flags_unless_named_for_fmnist_jaxs():
+  from fmnist_jax import platform
+
+  done = subprocess.run(
+    [sys.executable, "-c", _CHILD_ENVS], cwd=ROOT, capture_output=True, text=True, timeout=120
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  envs = json.loads(done.stdout.strip().splitlines()[-1])
+  # compare itself runs with fmnist_jax's flags (its FLOP counts compile fmnist_jax's models)...
+  assert set(platform.CPU_FLAGS) <= set(envs["this process"].split())
+  # ...but hands every implementation the environment it was started in: fmnist_jax's
+  # program sets its flags itself, Keras on JAX runs with XLA's defaults as its users do.
+  for name in ("fmnist_jax", "keras_jax", "keras_tensorflow", "pytorch"):
+    assert envs[name] == "--xla_dump_to=/tmp/xla_dump"
+  # The opt-in variant gets fmnist_jax's flags on top of the user's.
+  tuned = envs["keras_jax_xla_flags"].split()
+  assert tuned[0] == "--xla_dump_to=/tmp/xla_dump" and set(platform.CPU_FLAGS) <= set(tuned)
+  assert "keras_jax_xla_flags" not in envs["defaults"] and "keras_jax" in envs["defaults"]

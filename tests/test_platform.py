@@ -111,3 +111,9 @@ def test_cpu_flags_keep_convolutions_out_of_single_threaded_ynnpack():
   assert flags.split()[0] == ynn_convolutions
   assert "xla_cpu_experimental_xnn_graph_fusion_mode" in flags
   assert "ynn" in hlo
+
+
+def test_the_in_process_tests_compile_with_the_entry_points_xla_flags():
+  # conftest.py sets them before anything imports jax; were jax imported first,
+  # configure_xla would leave XLA_FLAGS as it was (XLA would never read them).
+  assert set(platform.CPU_FLAGS) <= set(os.environ.get("XLA_FLAGS", "").split())
