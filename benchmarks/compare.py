@@ -306,12 +306,12 @@ def plot(table: dict, path: pathlib.Path):
 
 def main(argv):
   del argv
-  out = pathlib.Path(_OUT.value)
-  out.mkdir(parents=True, exist_ok=True)
   implementations = _PEERS.value
   unknown = [name for name in implementations if name not in IMPLEMENTATIONS]
   if unknown:
     raise app.UsageError(f"--peers: unknown {unknown}; choose from {', '.join(IMPLEMENTATIONS)}.")
+  out = pathlib.Path(_OUT.value)
+  out.mkdir(parents=True, exist_ok=True)
   runs = {name: {impl: [] for impl in implementations} for name in _MODELS.value}
   specs, flops = {}, {}
   peak_gflops = _PEAK_GFLOPS.value or measure_peak_gflops()

@@ -78,3 +78,14 @@ def test_peers_run_with_the_users_xla_flags_unless_named_for_fmnist_jaxs():
   tuned = envs["keras_jax_xla_flags"].split()
   assert tuned[0] == "--xla_dump_to=/tmp/xla_dump" and set(platform.CPU_FLAGS) <= set(tuned)
   assert "keras_jax_xla_flags" not in envs["defaults"] and "keras_jax" in envs["defaults"]
+
+
+def test_an_unknown_peer_is_named_before_anything_runs(tmp_path):
+  command = [sys.executable, "-m", "benchmarks.compare", "--peers=fmnist_jax,tensorflow"]
+  done = subprocess.run(
+    [*command, f"--out={tmp_path / 'out'}"], cwd=ROOT, capture_output=True, text=True, timeout=120
+  )
+  assert done.returncode != 0
+  assert "--peers: unknown ['tensorflow']" in done.stderr and "keras_tensorflow" in done.stderr
+  assert "Traceback" not in done.stderr
+  assert not (tmp_path / "out").exists()
