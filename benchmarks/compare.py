@@ -30,7 +30,7 @@ import os
 
 # Every implementation runs in the user's environment as it was: fmnist_jax's own
 # program sets its XLA flags itself, and a peer runs as its users run it, with
-# XLA's defaults (Keras on JAX), unless it is a `*_xla_flags` implementation.
+# XLA's defaults (Keras on JAX), unless in GIVEN_FMNIST_JAX_FLAGS.
 _USER_ENV = os.environ.copy()
 
 from fmnist_jax import platform
@@ -69,11 +69,12 @@ IMPLEMENTATIONS = {
   "pytorch_compile": ("torch_peer", "compile"),
   "keras_jax": ("keras_peer", "jax"),
   "keras_tensorflow": ("keras_peer", "tensorflow"),
-  # Keras on JAX given fmnist_jax's XLA flags (platform.CPU_FLAGS): what the flags
-  # alone give a JAX peer. Not a default peer: no Keras user runs with them.
   "keras_jax_xla_flags": ("keras_peer", "jax"),
 }
-DEFAULT_IMPLEMENTATIONS = [name for name in IMPLEMENTATIONS if not name.endswith("_xla_flags")]
+# Given fmnist_jax's XLA flags (platform.CPU_FLAGS): what the flags alone give a JAX
+# peer. Not default peers: no Keras user runs with them.
+GIVEN_FMNIST_JAX_FLAGS = frozenset({"keras_jax_xla_flags"})
+DEFAULT_IMPLEMENTATIONS = [name for name in IMPLEMENTATIONS if name not in GIVEN_FMNIST_JAX_FLAGS]
 
 _MODELS = flags.DEFINE_list("models", list(WORKLOADS), "Configs to compare (configs/<name>.py).")
 _PEERS = flags.DEFINE_list(
@@ -155,16 +156,17 @@ def write_data(spec: dict, directory: pathlib.Path) -> pathlib.Path:
 
 
 def child_env(implementation: str) -> dict[str, str]:
-  """The user's environment; a `*_xla_flags` peer's XLA_FLAGS gain fmnist_jax's."""
+  """The user's environment; XLA_FLAGS gain fmnist_jax's for GIVEN_FMNIST_JAX_FLAGS."""
   env = dict(_USER_ENV)
-  if implementation.endswith("_xla_flags"):
+  if implementation in GIVEN_FMNIST_JAX_FLAGS:
     env["XLA_FLAGS"] = platform.with_xla_flags(env.get("XLA_FLAGS", ""))
   return env
 
 
 def label(implementation: str, framework: str) -> str:
   """A table row's name: the framework as its program reports it."""
-  return framework + (" + fmnist_jax's XLA flags" if implementation.endswith("_xla_flags") else "")
+  given = implementation in GIVEN_FMNIST_JAX_FLAGS
+  return framework + (" + fmnist_jax's XLA flags" if given else "")
 
 
 def run_one(implementation: str, spec_path, data_path, seed: int) -> dict:
