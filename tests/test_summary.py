@@ -120,3 +120,23 @@ def test_the_hparams_file_never_overwrites_the_scalars_of_the_same_second(tmp_pa
   assert scalars["epoch/train/loss"] == {2: 1.0}
   assert scalars["final/test/accuracy"] == {0: 0.5}
   assert "config/text_summary" in tags
+
+
+def test_logged_learning_rates_follow_the_schedule_across_a_longer_resume(
+  use_small_dataset, tmp_path
+):
+  """Each logged step's learning rate is the one the optimizer used at that step, also after
+  a resume that lengthens the run (the schedule then spans the new number of epochs)."""
+  overrides = {"batch_size": BATCH, "logging.every_steps": 1, "optimizer.schedule": "cosine"}
+  train.fit(small_config(num_epochs=1, **overrides), tmp_path, show_progress=False)
+  config = small_config(num_epochs=3, **overrides)
+  train.fit(config, tmp_path, show_progress=False)
+  steps = summary.read_steps(tmp_path)
+  assert [s["step"] for s in steps] == list(range(1, 3 * STEPS_PER_EPOCH + 1))
+  _, first_run_schedule = train.make_optimizer(config.optimizer, STEPS_PER_EPOCH, 1)
+  _, resumed_schedule = train.make_optimizer(config.optimizer, STEPS_PER_EPOCH, 3)
+  peak = config.optimizer.learning_rate
+  for s in steps:
+    schedule = first_run_schedule if s["epoch"] == 1 else resumed_schedule
+    assert s["learning_rate"] == pytest.approx(peak * float(schedule(s["step"] - 1)), rel=1e-5)
+  assert steps[-1]["learning_rate"] < 0.01 * peak  # the cosine has decayed by the end

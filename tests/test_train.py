@@ -163,6 +163,27 @@ def test_early_stopping_restores_the_best_weights(use_small_dataset, tmp_path):
   )
 
 
+@pytest.mark.parametrize("num_seeds", [1, 2])
+def test_weights_are_selected_per_member_only_where_members_can_differ(
+  num_seeds, use_small_dataset, tmp_path, monkeypatch
+):
+  """A lone member trains only while active, and its best weights come back whole, so its
+  run traces no per-member selection (a program with a select per weight to compile)."""
+  selections = []
+  select, select_jit = train._select, train._select_jit
+  monkeypatch.setattr(train, "_select", lambda *a: selections.append("epoch") or select(*a))
+  monkeypatch.setattr(train, "_select_jit", lambda *a: selections.append("final") or select_jit(*a))
+  config = small_config(
+    num_epochs=2,
+    num_seeds=num_seeds,
+    **{"early_stopping.enabled": True, "parallel.members": "vmap"},
+  )
+  results = train.fit(config, tmp_path, show_progress=False)
+  assert all(member["restored_best"] for member in results["members"])
+  # Vmapped members may stop at different epochs: each epoch keeps the stopped ones' weights.
+  assert selections == ([] if num_seeds == 1 else ["epoch"])
+
+
 def test_non_finite_loss_stops_with_a_message_naming_the_fix(
   use_small_dataset, tmp_path, monkeypatch
 ):
