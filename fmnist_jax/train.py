@@ -379,7 +379,9 @@ class Trainer:
   init_members: Callable
   member_dropout_rates: Callable  # ({"model.<key>": value}) -> DropoutRate state
   init_optimizer_members: Callable  # (params[M], {name: values[M]}) -> fresh opt_state[M]
-  train_members: Callable  # (state, active[M], images, labels, keys[M]) -> state, metrics[M]
+  # (state, active[M], images, labels, keys[M]) -> state, metrics[M]; inactive members keep
+  # their state, but a lone member always trains: call it only while the member is active
+  train_members: Callable
   # (state, images[B], labels[B], 0/1 weights[B]) -> logits[M, B, C], confusion[M], loss sum[M],
   # B = eval_batch_size: the one forward program of `evaluate_members` and `predict_splits`
   evaluate_batch_members: Callable
