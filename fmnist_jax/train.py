@@ -351,6 +351,15 @@ _CHEAP = platform.cheap_program_options()
 _select_jit = jax.jit(_select, compiler_options=_CHEAP)
 
 
+def _select_by_host_mask(mask_M: np.ndarray, new, old):
+  """`_select` for a mask known on the host: a program only where members differ."""
+  if mask_M.all():
+    return new
+  if not mask_M.any():
+    return old
+  return _select_jit(jnp.asarray(mask_M), new, old)
+
+
 @dataclasses.dataclass(frozen=True)
 class Trainer:
   """The pure functions for one config, jitted once. Shapes are fixed by the dataset.
@@ -1185,12 +1194,8 @@ def final_states(
     has_validation and es_config.enabled and es_config.restore_best
   )
   state = averaged_state(config, state)  # the weights evaluated (EMA ones with ema_decay)
-  if not restore.any():  # decided on the host: no selection program to compile
-    return state, restore
   best = state.replace(params=early.best_params, model_state=early.best_model_state)
-  if restore.all():
-    return best, restore
-  return _select_jit(jnp.asarray(restore), best, state), restore
+  return _select_by_host_mask(restore, best, state), restore
 
 
 def _mean_record(records: list[dict], num_active: int) -> dict:
