@@ -8,6 +8,8 @@ The only module that imports orbax. Layout of a workdir:
   steps.jsonl, tensorboard/   per-step and per-epoch scalars (fmnist_jax/summary.py)
   results.json       final metrics of every member and split, per class included, and
                      their mean/std/min/max over members
+  logits.npz         every member's logits on each split, of the weights results.json
+                     reports (an ensemble scores them without reloading the checkpoints)
   checkpoints/<epoch>/   latest training state (params, optimizer, early stopping)
   best/<epoch>/          every member's params and batch statistics of its best epoch
 
@@ -21,6 +23,8 @@ one before it, saying so.
 import errno
 import fcntl
 import functools
+import hashlib
+import io
 import json
 import logging
 import os
@@ -31,6 +35,7 @@ import traceback
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 
@@ -43,6 +48,7 @@ from fmnist_jax.errors import ConfigError, UserError
 OUTPUT_KEYS = ("parallel", "conv_impl", "pool_order", "logging", "figures")
 # Config keys a resumed run may change: those, and extending training.
 RESUMABLE_KEYS = ("num_epochs", *OUTPUT_KEYS)
+LOGITS_FILE = "logits.npz"
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -157,6 +163,27 @@ def is_finished(workdir: pathlib.Path, config: ConfigDict) -> bool:
   )
 
 
+def read_logits(
+  workdir: pathlib.Path, saved: dict | None, data_fingerprint: str
+) -> tuple[dict[str, np.ndarray] | None, str]:
+  """(split -> [M, N, C] logits, "") from a finished run's logits.npz, described by
+  `saved` (its results.json's "logits"); (None, why not) when the run saved none, the
+  file is not the one its results were written with, or the data differ."""
+  if not saved:
+    return None, "its run saved none"
+  path = pathlib.Path(workdir) / saved["file"]
+  try:
+    content = path.read_bytes()
+  except OSError as error:
+    return None, f"{path.name} cannot be read: {error.strerror or error}"
+  if hashlib.sha256(content).hexdigest() != saved["sha256"]:
+    return None, f"{path.name} is not the file results.json was written with"
+  if saved["data_sha256"] != data_fingerprint:
+    return None, "the data differ from the run's"
+  with np.load(io.BytesIO(content)) as arrays:
+    return {name: arrays[name] for name in arrays.files}, ""
+
+
 def is_writer() -> bool:
   return jax.process_index() == 0
 
@@ -167,6 +194,7 @@ RUN_OUTPUTS = (
   "metrics.jsonl",
   "steps.jsonl",
   "results.json",
+  LOGITS_FILE,
   "tensorboard",
   "checkpoints",
   "best",
@@ -447,6 +475,23 @@ class RunDir:
   def write_results(self, results: dict):
     if is_writer():
       (self.path / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+  def write_logits(self, logits_by_split: dict[str, np.ndarray], data_fingerprint: str) -> dict:
+    """Writes the members' logits (split -> [M, N, C]) to logits.npz, whole or not at all;
+    returns what results.json keeps of them: the file's and the data's SHA-256, which tie
+    the file to these results and to the examples it was computed on."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: np.asarray(value) for name, value in logits_by_split.items()})
+    content = buffer.getvalue()
+    if is_writer():
+      partial_path = self.path / f".{LOGITS_FILE}.partial"
+      partial_path.write_bytes(content)
+      os.replace(partial_path, self.path / LOGITS_FILE)
+    return {
+      "file": LOGITS_FILE,
+      "sha256": hashlib.sha256(content).hexdigest(),
+      "data_sha256": data_fingerprint,
+    }
 
   def wait(self):
     with parallel.HeldInterrupts():  # a second Ctrl-C must not cut off a save

@@ -126,6 +126,17 @@ class Dataset:
     named = {"train": self.train, "val": self.validation, "test": self.test}
     return {name: split for name, split in named.items() if split is not None}
 
+  def fingerprint(self) -> str:
+    """SHA-256 of every split's name, images and labels: equal exactly when a run would
+    see the same examples in the same order (e.g. a finished run's saved logits still
+    match the data)."""
+    digest = hashlib.sha256()
+    for name, split in self.splits().items():
+      for array in (np.ascontiguousarray(split.images), np.ascontiguousarray(split.labels)):
+        digest.update(f"{name}:{array.dtype}{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
 
 # ----------------------------------------------------------------------------
 # Reading and validating IDX files.

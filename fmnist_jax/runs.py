@@ -3,7 +3,9 @@
 An ensemble config (configs/mlp_ensemble.py: B3, configs/cnn_ensemble.py: B6)
 names member configs; `fit_ensemble` trains or reuses each member's run and
 scores the studies' ensemble once per seed: member m of every run together,
-so the ensemble gets a mean +- std over seeds like any run.
+so the ensemble gets a mean +- std over seeds like any run. Ensembles score the
+logits each run saved (`checkpoint.read_logits`); only a run without them, or
+whose file or data no longer match its results, is restored and predicted again.
 
   python -m fmnist_jax.runs runs/mlp_1hidden runs/mlp_2hidden [--out=runs/mlp_ensemble]
 
@@ -36,6 +38,10 @@ def _tuples(value):
   return value
 
 
+def _member_names(workdir: pathlib.Path, results: dict) -> list[str]:
+  return [f"{workdir.name}/seed{member['seed']}" for member in results["members"]]
+
+
 @dataclasses.dataclass
 class Run:
   """A finished run: its config, results, trainer and every member's reported weights."""
@@ -48,7 +54,21 @@ class Run:
   dataset: data.Dataset
 
   def member_names(self) -> list[str]:
-    return [f"{self.workdir.name}/seed{member['seed']}" for member in self.results["members"]]
+    return _member_names(self.workdir, self.results)
+
+
+@dataclasses.dataclass
+class ScoredRun:
+  """A finished run's config and results, and its members' logits on every split: all an
+  ensemble needs of it."""
+
+  workdir: pathlib.Path
+  config: ConfigDict
+  results: dict
+  logits: dict[str, np.ndarray]  # split -> [members, examples, classes]
+
+  def member_names(self) -> list[str]:
+    return _member_names(self.workdir, self.results)
 
 
 def _on_this_device(abstract):
@@ -57,19 +77,28 @@ def _on_this_device(abstract):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
 
 
-def load_run(workdir: str | pathlib.Path) -> Run:
-  """Restores a finished run's members (best weights where its results used them)."""
-  workdir = pathlib.Path(workdir)
+def _read_finished(workdir: pathlib.Path) -> tuple[ConfigDict, dict]:
+  """The config and results of the finished run in `workdir`."""
   config_path, results_path = workdir / "config.json", workdir / "results.json"
   if not config_path.exists():
     raise UserError(f"{workdir} is not a run directory (no config.json); pass a --workdir of a run")
   if not results_path.exists():
     raise UserError(f"the run in {workdir} has not finished (no results.json); rerun its command")
   config = ConfigDict(_tuples(checkpoint.with_new_keys(json.loads(config_path.read_text()))))
-  results = json.loads(results_path.read_text())
+  return config, json.loads(results_path.read_text())
+
+
+def load_run(workdir: str | pathlib.Path, dataset: data.Dataset | None = None) -> Run:
+  """Restores a finished run's members (best weights where its results used them).
+
+  `dataset`: the run's data when the caller has loaded it already (default: loaded here).
+  """
+  workdir = pathlib.Path(workdir)
+  config, results = _read_finished(workdir)
   if not config.checkpoint.enabled:
     raise UserError(f"the run in {workdir} kept no checkpoints (checkpoint.enabled=False)")
-  dataset = data.load(config.data)
+  if dataset is None:
+    dataset = data.load(config.data)
   members = train.Members(
     seeds=tuple(member["seed"] for member in results["members"]),
     hyperparams={
@@ -105,31 +134,55 @@ def load_run(workdir: str | pathlib.Path) -> Run:
   return Run(workdir, config, results, trainer, final, dataset)
 
 
-def _run_logits(runs: list[Run]) -> dict[str, np.ndarray]:
-  """split -> [every member of every run, N, C] logits, runs in the given order."""
-  first = runs[0]
-  for run in runs[1:]:
-    if run.config.data.to_dict() != first.config.data.to_dict():
+def load_scored(workdirs: list[str | pathlib.Path]) -> tuple[list[ScoredRun], dict]:
+  """Every finished run's logits (those it saved, or else predicted from its checkpoints)
+  and the labels of the splits they share: (runs in the given order, split -> labels)."""
+  workdirs = [pathlib.Path(workdir) for workdir in workdirs]
+  finished = [(workdir, *_read_finished(workdir)) for workdir in workdirs]
+  first_dir, first_config, _ = finished[0]
+  for workdir, config, _ in finished[1:]:
+    if config.data.to_dict() != first_config.data.to_dict():
       differs = sorted(
-        key for key in first.config.data if run.config.data.get(key) != first.config.data.get(key)
+        key for key in first_config.data if config.data.get(key) != first_config.data.get(key)
       )
       raise UserError(
-        f"{run.workdir} and {first.workdir} use different data (data.{', data.'.join(differs)}); "
+        f"{workdir} and {first_dir} use different data (data.{', data.'.join(differs)}); "
         f"an ensemble's members must be scored on the same splits"
       )
-  images = {name: split.images for name, split in first.dataset.splits().items()}
-  by_run = [run.trainer.predict_splits(run.state, images) for run in runs]
-  return {name: np.concatenate([logits[name] for logits in by_run]) for name in images}
+  dataset = data.load(first_config.data)
+  fingerprint = dataset.fingerprint()
+  scored_runs = []
+  for workdir, config, results in finished:
+    logits, why_not = checkpoint.read_logits(workdir, results.get("logits"), fingerprint)
+    if logits is None:
+      print(
+        f"{workdir}: no saved logits to reuse ({why_not}); predicting its members from "
+        f"their checkpoints",
+        file=sys.stderr,
+        flush=True,
+      )
+      run = load_run(workdir, dataset)
+      images = {name: split.images for name, split in dataset.splits().items()}
+      logits = run.trainer.predict_splits(run.state, images)
+    scored_runs.append(ScoredRun(workdir, config, results, logits))
+  return scored_runs, {name: split.labels for name, split in dataset.splits().items()}
+
+
+def _stacked_logits(scored_runs: list[ScoredRun]) -> dict[str, np.ndarray]:
+  """split -> [every member of every run, N, C] logits, runs in the given order."""
+  return {
+    name: np.concatenate([run.logits[name] for run in scored_runs])
+    for name in scored_runs[0].logits
+  }
 
 
 def evaluate_ensemble(workdirs: list[str | pathlib.Path]) -> dict[str, Any]:
   """Every member of every workdir, and their ensemble by each rule, on the shared splits."""
-  runs = [load_run(workdir) for workdir in workdirs]
-  labels = {name: split.labels for name, split in runs[0].dataset.splits().items()}
-  scored = ensemble.score(_run_logits(runs), labels)
+  scored_runs, labels = load_scored(workdirs)
+  scored = ensemble.score(_stacked_logits(scored_runs), labels)
   return {
-    "workdirs": [str(run.workdir) for run in runs],
-    "member_names": [name for run in runs for name in run.member_names()],
+    "workdirs": [str(run.workdir) for run in scored_runs],
+    "member_names": [name for run in scored_runs for name in run.member_names()],
     "members": scored["members"],
     "rules": scored["rules"],
     "gain": ensemble.best_member_gain(scored),
@@ -143,16 +196,16 @@ def evaluate_paired(workdirs: list[str | pathlib.Path]) -> dict[str, Any]:
   so its mean +- std over m is comparable with each run's. The ensemble of all
   members of all runs is reported too.
   """
-  runs = [load_run(workdir) for workdir in workdirs]
-  sizes = {run.workdir.name: len(run.results["members"]) for run in runs}
+  workdirs = [pathlib.Path(workdir) for workdir in workdirs]
+  sizes = {workdir.name: len(_read_finished(workdir)[1]["members"]) for workdir in workdirs}
   if len(set(sizes.values())) > 1:
     raise UserError(
       f"an ensemble pairs the runs' members seed by seed, but they have different numbers of "
       f"members ({sizes}); train every member config with the same num_seeds"
     )
   num_members = next(iter(sizes.values()))
-  logits = _run_logits(runs)
-  labels = {name: split.labels for name, split in runs[0].dataset.splits().items()}
+  runs, labels = load_scored(workdirs)
+  logits = _stacked_logits(runs)
   pairs = []
   for index in range(num_members):
     # Member `index` of each run sits at run_number * num_members + index.

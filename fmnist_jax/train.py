@@ -1165,6 +1165,8 @@ def fit(
     if num_members > 1 and all(len(set(v)) == 1 for v in members.hyperparams.values()):
       # Seeds of one recipe: their ensemble is free to score, and worth knowing.
       results["ensemble"] = {"rules": scored["rules"], "gain": ensemble.best_member_gain(scored)}
+    # Before results.json, which marks the run finished: ensembles score these logits.
+    results["logits"] = run.write_logits(logits, dataset.fingerprint())
     summaries.log_results(config, results["members"])
     run.write_results(results)
   if config.figures:

@@ -1,5 +1,6 @@
 """The ensemble evaluator: rules against a NumPy hand computation, identical members, runs."""
 
+import dataclasses
 import json
 
 import jax
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from small import small_config
 
-from fmnist_jax import ensemble, runs, train
+from fmnist_jax import data, ensemble, runs, train
 
 
 def _logits(seed, shape):
@@ -221,3 +222,88 @@ def test_ensemble_member_configs_come_from_configs_with_the_ensembles_seeds():
   config.ensemble.members = ("mlp_1hidden", "cnn_ensemble")
   with pytest.raises(runs.ConfigError, match="itself an ensemble"):
     runs.member_configs(config)
+
+
+def _restored_logits(workdir):
+  """An oracle for saved logits: the run's members restored from their checkpoints."""
+  run = runs.load_run(workdir)
+  images = {name: split.images for name, split in run.dataset.splits().items()}
+  return run.trainer.predict_splits(run.state, images)
+
+
+def test_an_ensemble_scores_the_logits_its_members_saved(
+  use_small_dataset, tmp_path, monkeypatch, capsys
+):
+  train.fit(small_config(num_epochs=1, num_seeds=2), tmp_path / "a", show_progress=False)
+  train.fit(small_config(num_epochs=1, **{"model.dropout_rates": 0.3}), tmp_path / "b")
+  workdirs = [tmp_path / "a", tmp_path / "b"]
+  for workdir, num_members in zip(workdirs, (2, 1), strict=True):
+    saved = json.loads((workdir / "results.json").read_text())["logits"]
+    with np.load(workdir / saved["file"]) as arrays:
+      for name, restored in _restored_logits(workdir).items():
+        assert arrays[name].shape == (num_members, *restored.shape[1:])
+        np.testing.assert_array_equal(arrays[name], restored)  # the same bits
+  predicted = runs.evaluate_ensemble(workdirs)
+
+  def no_reload(*args, **kwargs):
+    raise AssertionError("reloaded a checkpoint although the run saved its logits")
+
+  monkeypatch.setattr(runs, "load_run", no_reload)
+  capsys.readouterr()
+  reused = runs.evaluate_ensemble(workdirs)
+  assert reused == predicted
+  assert "no saved logits" not in capsys.readouterr().err
+
+
+def _flipped_test_images(dataset):
+  test = data.Split(dataset.test.images[:, :, ::-1].copy(), dataset.test.labels)
+  return dataclasses.replace(dataset, test=test)
+
+
+@pytest.mark.parametrize("stale", ["missing", "rewritten", "data_changed"])
+def test_saved_logits_that_no_longer_match_are_predicted_again(
+  use_small_dataset, tmp_path, monkeypatch, capsys, stale
+):
+  workdir = tmp_path / "a"
+  train.fit(small_config(num_epochs=1), workdir, show_progress=False)
+  saved = workdir / "logits.npz"
+  if stale == "missing":
+    saved.unlink()
+  if stale == "rewritten":  # e.g. another run's file copied over it
+    with np.load(saved) as arrays:
+      np.savez(saved, **{name: arrays[name] + 1 for name in arrays.files})
+  if stale == "data_changed":  # the same config, other images: the saved logits are stale
+    monkeypatch.setattr(data, "load", lambda config: _flipped_test_images(use_small_dataset))
+  capsys.readouterr()
+  result = runs.evaluate_ensemble([workdir])
+  reason = {
+    "missing": "logits.npz cannot be read",
+    "rewritten": "logits.npz is not the file results.json was written with",
+    "data_changed": "the data differ",
+  }[stale]
+  assert f"no saved logits to reuse ({reason}" in capsys.readouterr().err
+  expected = _restored_logits(workdir)["test"][0].argmax(-1)
+  labels = data.load(None).test.labels
+  assert result["members"][0]["test"]["accuracy"] == pytest.approx(np.mean(expected == labels))
+  if stale == "data_changed":  # the flipped images' predictions, not the saved ones
+    with np.load(saved) as arrays:
+      assert (arrays["test"][0].argmax(-1) != expected).any()
+
+
+def test_a_dataset_fingerprint_changes_with_any_image_label_or_split(small_dataset):
+  fingerprint = small_dataset.fingerprint()
+  copy = data.Dataset(
+    *(data.Split(s.images.copy(), s.labels.copy()) for s in small_dataset.splits().values()),
+    source="elsewhere",
+  )
+  assert copy.fingerprint() == fingerprint  # where the files came from does not count
+  images = small_dataset.test.images.copy()
+  images[7, 3, 5] ^= 1
+  labels = small_dataset.test.labels.copy()
+  labels[0] = (labels[0] + 1) % 10
+  changed = [
+    dataclasses.replace(small_dataset, test=data.Split(images, small_dataset.test.labels)),
+    dataclasses.replace(small_dataset, test=data.Split(small_dataset.test.images, labels)),
+    dataclasses.replace(small_dataset, validation=None),
+  ]
+  assert len({fingerprint, *(dataset.fingerprint() for dataset in changed)}) == 4
