@@ -76,16 +76,22 @@ def parse_flags(argv):
       raised = [line for line in text.splitlines() if line.strip()][-1]
       fail(f"config {_config_flag(argv)} failed to load: {raised}")
     fail(f"{text}; see --help for the flags")
-  except AttributeError as error:
-    text = str(error).strip("'\"").replace("\\n", " ").replace("\\'", "'")
+  except (AttributeError, KeyError) as error:  # ml_collections' unknown field or section
+    text = str(error.args[0] if error.args else error).replace("\n", " ").strip("'\" ")
     if "get_config" in text:
       fail(
         f"config file {path} does not define get_config(); a config file defines "
         f"get_config() returning an ml_collections.ConfigDict (see configs/cnn.py)"
       )
+    suggestion = re.search(r'Did you mean "([^"]+)"', text)
+    unknown = text[: suggestion.start()] if suggestion else text
     keys = [arg.split("=", 1)[0] for arg in argv if arg.startswith("--config.")]
-    # ml_collections names the missing field ("No attribute named 'lr'"): name its flag.
-    named = [key for key in keys if re.search(rf"\b{re.escape(key.rsplit('.', 1)[-1])}\b", text)]
+    # ml_collections names the missing field or section ("'lr'"): name the flags with it.
+    named = [
+      key
+      for key in keys
+      if any(re.search(rf"\b{re.escape(part)}\b", unknown) for part in key.split(".")[1:])
+    ]
     keys = named or keys
     where = "configs/base.py lists every key"
     if any(key.startswith("--config.model.") for key in keys):
@@ -93,8 +99,9 @@ def parse_flags(argv):
         f"the model section of {path} lists the keys it declares; the model's "
         f"arguments are those of its class in fmnist_jax/models.py"
       )
-    fail(f"unknown config key in {' '.join(keys)} ({text}); {where}")
-  except (KeyError, TypeError, ValueError) as error:
+    hint = f": did you mean {suggestion[1]!r}? " if suggestion else f" ({text}); "
+    fail(f"unknown config key in {' '.join(keys)}{hint}{where}")
+  except (TypeError, ValueError) as error:
     fail(f"bad config override: {error}; configs/base.py lists every key and its type")
   except (OSError, SyntaxError, ImportError, NameError) as error:
     fail(f"config file {path} failed to load: {type(error).__name__}: {error}")

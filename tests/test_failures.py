@@ -160,7 +160,12 @@ MISTAKES = {
     "choose one of",
   ),
   "unknown config key": Mistake(
-    ("--config.optimizer.learnin_rate=1",), "unknown config key", 'Did you mean "learning_rate"'
+    ("--config.optimizer.learnin_rate=1",), "unknown config key", "did you mean 'learning_rate'"
+  ),
+  "unknown config section": Mistake(
+    ("--config.optimiser.learning_rate=0.1",),
+    "unknown config key in --config.optimiser.learning_rate",
+    "did you mean 'optimizer'",
   ),
   "unknown model key": Mistake(
     ("--config.model.widths=3",), "unknown config key", "fmnist_jax/models.py"
