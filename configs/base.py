@@ -28,6 +28,11 @@ def get_config() -> ConfigDict:
   # function on a 4x smaller array, fmnist_jax/layers.py), "pool_last" (as written;
   # runs before 2026-12-02 used it) elsewhere.
   config.pool_order = "auto"
+  # XLA:CPU's library for the training step's matmuls: "ynnpack" (faster for large
+  # matmuls: CNNs, B2's 2048-wide MLP) or "eigen" (faster for small ones, as A1's
+  # 300-100 MLP: configs/mlp_baseline.py; fmnist_jax/platform.py has the figures).
+  # The same function; only float rounding differs. Ignored on GPU/TPU.
+  config.cpu_matmul_library = "ynnpack"
   # Layer arithmetic: "float32" (Keras' default), or "bfloat16" on GPU/TPU, where it is
   # faster; parameters, optimizer state, batch statistics and the loss stay float32.
   config.compute_dtype = "float32"

@@ -45,7 +45,7 @@ from fmnist_jax.errors import ConfigError, UserError
 # Config keys that change neither the model nor its recipe: the devices it runs on
 # (checkpoints restore onto any number of them), how convolutions and pooling are
 # computed (the same function; only float rounding differs) and what is logged or plotted.
-OUTPUT_KEYS = ("parallel", "conv_impl", "pool_order", "logging", "figures")
+OUTPUT_KEYS = ("parallel", "conv_impl", "pool_order", "cpu_matmul_library", "logging", "figures")
 # Config keys a resumed run may change: those, and extending training.
 RESUMABLE_KEYS = ("num_epochs", *OUTPUT_KEYS)
 LOGITS_FILE = "logits.npz"

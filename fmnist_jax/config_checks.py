@@ -8,7 +8,7 @@ import math
 
 from ml_collections import ConfigDict
 
-from fmnist_jax import data, layers, models, parallel
+from fmnist_jax import data, layers, models, parallel, platform
 from fmnist_jax.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -102,6 +102,7 @@ def check(config: ConfigDict, *, num_train: int | None = None, has_validation: b
     _fail("seed", config.seed, "must be an integer")
   _one_of(config, "conv_impl", layers.CONV_IMPLS)
   _one_of(config, "pool_order", layers.POOL_ORDERS)
+  _one_of(config, "cpu_matmul_library", platform.MATMUL_LIBRARIES)
   _one_of(config, "compute_dtype", tuple(layers.COMPUTE_DTYPES))
   _in_range(config, "divergence_threshold", 0.0, math.inf)
   _in_range(config, "label_smoothing", 0.0, 1.0)

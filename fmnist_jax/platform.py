@@ -28,6 +28,8 @@ import os
 import pathlib
 import sys
 
+from fmnist_jax.errors import ConfigError
+
 CPU_FLAGS = (
   "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",
   "--xla_cpu_experimental_ynn_fusion_type=-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
@@ -69,6 +71,29 @@ def cheap_program_options() -> dict[str, object]:
   started to decide), else none: XLA's GPU backend reads the first option too.
   """
   return {} if _accelerator_plugin_installed() else dict(CHEAP_PROGRAM_OPTIONS)
+
+
+# XLA:CPU's library for the matmuls of a training program (config.cpu_matmul_library).
+# YNNPACK, CPU_FLAGS' choice, runs small matmuls on one core: A1's 300x100 products at
+# batch 200 take 0.06-0.07 ms there and 0.035-0.043 ms in Eigen, on both cores (AMD
+# EPYC Zen 5), so `mlp_baseline.py` trains ~15% faster with Eigen; B2's 2048-wide MLP
+# trains ~22% slower, an im2col CNN ~3%. A program's own option replaces the whole
+# list of YNNPACK fusions: reductions only is CPU_FLAGS' list less the matmuls (the
+# same optimised HLO as the process-wide "-LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT").
+MATMUL_LIBRARIES = ("ynnpack", "eigen")
+_EIGEN_MATMULS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+
+
+def training_program_options(library: str) -> dict[str, object]:
+  """`jax.jit(..., compiler_options=...)` for a training program whose matmuls run in
+  `library` (one of MATMUL_LIBRARIES): none for "ynnpack" or on a GPU/TPU backend."""
+  if library not in MATMUL_LIBRARIES:
+    raise ConfigError(
+      f"unknown cpu_matmul_library {library!r}; choose one of {list(MATMUL_LIBRARIES)}"
+    )
+  import jax
+
+  return dict(_EIGEN_MATMULS) if library == "eigen" and jax.default_backend() == "cpu" else {}
 
 
 def unroll_threefry_on_cpu() -> bool:

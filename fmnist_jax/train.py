@@ -424,6 +424,7 @@ class Trainer:
     abstract.eval()
     eval_graphdef = nnx.graphdef(abstract)
     config_dropout_rates = layers.configured_dropout_rates(abstract)
+    training_options = platform.training_program_options(config.cpu_matmul_library)
     steps = math.ceil(num_train / config.batch_size)
     schedule = optax.constant_schedule(1.0)
     if make_tx is None:
@@ -519,13 +520,13 @@ class Trainer:
       steps_per_epoch=steps,
       num_members=num_members,
       init=layout.jit(init),
-      train_step=layout.jit(train_step, donate_argnums=0),
-      train_epoch=layout.jit(train_epoch, donate_argnums=0),
+      train_step=layout.jit(train_step, donate_argnums=0, compiler_options=training_options),
+      train_epoch=layout.jit(train_epoch, donate_argnums=0, compiler_options=training_options),
       predict=layout.jit(predict),
       init_members=layout.jit(init_members, compiler_options=_CHEAP),
       member_dropout_rates=member_dropout_rates,
       init_optimizer_members=layout.jit(over(init_optimizer, (0, 0)), compiler_options=_CHEAP),
-      train_members=layout.jit(train_members, donate_argnums=0),
+      train_members=layout.jit(train_members, donate_argnums=0, compiler_options=training_options),
       evaluate_batch_members=layout.jit(over(evaluate_batch, (0, None, None, None))),
       predict_members=layout.jit(over(predict, (0, None))),
       layout=layout,
@@ -612,6 +613,42 @@ class Trainer:
     return nnx.merge(graphdef, state.params, state.dropout_rates, state.model_state)
 
 
+# jax.random.permutation's stable sort of (random key, index) pairs runs in
+# XLA:CPU's generic sort, one compiled comparator call per comparison (8 ms for
+# 50,000 pairs, 2 rounds an epoch: 9% of an MLP epoch); a sort of one integer
+# array takes a fast path (1.4 ms). Indices below 2**16 fit beside 16 key bits in
+# one uint32, so two such sorts (a radix sort on the key's two halves) give the
+# same stable order: the same permutation, bit for bit, ~5x faster.
+_PACKED_INDEX_BITS = 16
+
+
+def _stable_argsort_uint32(sort_keys):
+  """The stable argsort of a uint32 vector shorter than 2**16: two single-array sorts."""
+  position = jax.lax.iota(jnp.uint32, sort_keys.shape[0])
+  index_mask = (1 << _PACKED_INDEX_BITS) - 1
+  # By the keys' low half, ties by position; then stably by their high half.
+  by_low = jax.lax.sort((sort_keys << _PACKED_INDEX_BITS) | position) & index_mask
+  high = (sort_keys[by_low] >> _PACKED_INDEX_BITS) << _PACKED_INDEX_BITS
+  return by_low[jax.lax.sort(high | position) & index_mask]
+
+
+def shuffled_indices(key, num_examples: int):
+  """`jax.random.permutation(key, num_examples)`, bit for bit, faster on CPU.
+
+  Follows jax's algorithm (rounds of a stable sort by fresh 32-bit keys; see
+  jax._src.random.core._shuffle), with each sort as `_stable_argsort_uint32`.
+  """
+  if num_examples > 1 << _PACKED_INDEX_BITS:
+    return jax.random.permutation(key, num_examples)
+  uint32_max = np.iinfo(np.uint32).max
+  num_rounds = math.ceil(3 * np.log(max(1, num_examples)) / np.log(uint32_max))
+  order = jnp.arange(num_examples)
+  for _ in range(num_rounds):
+    key, subkey = jax.random.split(key)
+    order = order[_stable_argsort_uint32(jax.random.bits(subkey, (num_examples,), jnp.uint32))]
+  return order
+
+
 def _epoch_batches(key, num_examples: int, batch_size: int):
   """A device-side shuffle split into [steps, batch] indices and 0/1 weights.
 
@@ -620,7 +657,7 @@ def _epoch_batches(key, num_examples: int, batch_size: int):
   """
   steps = -(-num_examples // batch_size)
   padding = steps * batch_size - num_examples
-  order = jax.random.permutation(key, num_examples)
+  order = shuffled_indices(key, num_examples)
   indices = jnp.concatenate([order, jnp.zeros((padding,), order.dtype)])
   weights = jnp.concatenate([jnp.ones((num_examples,)), jnp.zeros((padding,))])
   return indices.reshape(steps, batch_size), weights.reshape(steps, batch_size)

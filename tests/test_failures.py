@@ -227,6 +227,9 @@ MISTAKES = {
   "unknown compute dtype": Mistake(
     ("--config.compute_dtype=float16",), "compute_dtype='float16'", "choose one of"
   ),
+  "unknown matmul library": Mistake(
+    ("--config.cpu_matmul_library=mkl",), "cpu_matmul_library='mkl'", "choose one of"
+  ),
   "pre-training a non-autoencoder": Mistake(
     ("--config.pretrain.num_epochs=2",), "pretrain.num_epochs", "autoencoder"
   ),

@@ -7,10 +7,12 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 from ml_collections import ConfigDict
 from small import NUM_TRAIN, small_config
 
 from fmnist_jax import platform, train  # noqa: F401  (importing train applies the lowering)
+from fmnist_jax.errors import ConfigError
 
 # Random draws whose values a plain jax process (jax's own rolled CPU lowering) prints.
 _DRAWS = """
@@ -117,3 +119,45 @@ def test_the_in_process_tests_compile_with_the_entry_points_xla_flags():
   # conftest.py sets them before anything imports jax; were jax imported first,
   # configure_xla would leave XLA_FLAGS as it was (XLA would never read them).
   assert set(platform.CPU_FLAGS) <= set(os.environ.get("XLA_FLAGS", "").split())
+
+
+def _library_matmuls(compiled_hlo: str) -> int:
+  """Matmuls that XLA:CPU hands to YNNPACK (each a custom fusion named for its dot)."""
+  return sum(
+    "kind=kCustom" in line and "/dot_general" in line and "ynn_fusion" in line
+    for line in compiled_hlo.splitlines()
+  )
+
+
+@pytest.mark.parametrize(
+  "model, library, ynnpack_matmuls",
+  [
+    ({"name": "mlp", "hidden_sizes": (64,)}, "eigen", False),
+    ({"name": "mlp", "hidden_sizes": (64,)}, "ynnpack", True),
+    (
+      {"name": "cnn", "conv_features": (4,), "dense_sizes": (16,), "pool": (True,)},
+      "ynnpack",
+      True,
+    ),
+    ({"name": "cnn", "conv_features": (4,), "dense_sizes": (16,), "pool": (True,)}, "eigen", False),
+  ],
+)
+def test_the_training_program_compiles_its_matmuls_with_the_chosen_library(
+  small_dataset, model, library, ynnpack_matmuls
+):
+  config = small_config(model=ConfigDict(model), cpu_matmul_library=library)
+  trainer = train.Trainer.create(config, small_dataset.train.images, NUM_TRAIN)
+  state = trainer.init_state(train.members_of(config))
+  images, labels = small_dataset.train.images, small_dataset.train.labels
+  keys = jax.random.split(jax.random.key(0), 1)
+  active = np.ones(1, bool)
+  hlo = trainer.train_members.lower(state, active, images, labels, keys).compile().as_text()
+  assert (_library_matmuls(hlo) > 0) == ynnpack_matmuls
+  # Evaluation keeps the process-wide choice (YNNPACK) whatever the training program's.
+  lowered = trainer.predict_members.lower(state, images[: config.eval_batch_size])
+  assert _library_matmuls(lowered.compile().as_text()) > 0
+
+
+def test_an_unknown_matmul_library_is_a_config_error():
+  with pytest.raises(ConfigError, match="cpu_matmul_library 'mkl'; choose one of"):
+    platform.training_program_options("mkl")

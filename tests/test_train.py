@@ -108,6 +108,23 @@ def test_every_example_is_seen_once_per_epoch_with_a_partial_last_batch():
   assert np.asarray(weights).sum() == 10
 
 
+@pytest.mark.parametrize("num_examples", [1, 2, 97, 50_000, 2**16, 2**16 + 1])
+def test_the_epoch_shuffle_is_jaxs_permutation_bit_for_bit(num_examples):
+  # 50,000 and 2**16 draw tied 32-bit sort keys for some seeds: stability shows.
+  keys = jax.random.split(jax.random.key(num_examples), 4)
+  ours = jax.jit(jax.vmap(train.shuffled_indices, in_axes=(0, None)), static_argnums=1)
+  theirs = jax.vmap(jax.random.permutation, in_axes=(0, None))(keys, num_examples)
+  np.testing.assert_array_equal(ours(keys, num_examples), theirs)
+  assert ours(keys, num_examples).dtype == theirs.dtype
+
+
+def test_the_radix_argsort_is_stable_on_tied_keys():
+  sort_keys = jnp.array([7, 0x10000, 7, 3, 0x10000, 0xFFFFFFFF, 3, 0], jnp.uint32)
+  np.testing.assert_array_equal(
+    train._stable_argsort_uint32(sort_keys), np.argsort(np.asarray(sort_keys), kind="stable")
+  )
+
+
 def _keras_early_stopping(val_losses, patience, min_delta):
   """Keras 3 EarlyStopping.on_epoch_end for monitor='val_loss', written out in Python."""
   best, best_epoch, wait = np.inf, -1, 0
