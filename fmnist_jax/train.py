@@ -620,10 +620,11 @@ class Trainer:
 # one uint32, so two such sorts (a radix sort on the key's two halves) give the
 # same stable order: the same permutation, bit for bit, ~5x faster.
 _PACKED_INDEX_BITS = 16
+_SHUFFLE_EXPONENT = 3  # jax's rounds: ceil(3 ln n / ln(2**32 - 1)), 2 for 50,000
 
 
 def _stable_argsort_uint32(sort_keys):
-  """The stable argsort of a uint32 vector shorter than 2**16: two single-array sorts."""
+  """The stable argsort of a uint32 vector of at most 2**16 keys: two single-array sorts."""
   position = jax.lax.iota(jnp.uint32, sort_keys.shape[0])
   index_mask = (1 << _PACKED_INDEX_BITS) - 1
   # By the keys' low half, ties by position; then stably by their high half.
@@ -641,7 +642,7 @@ def shuffled_indices(key, num_examples: int):
   if num_examples > 1 << _PACKED_INDEX_BITS:
     return jax.random.permutation(key, num_examples)
   uint32_max = np.iinfo(np.uint32).max
-  num_rounds = math.ceil(3 * np.log(max(1, num_examples)) / np.log(uint32_max))
+  num_rounds = math.ceil(_SHUFFLE_EXPONENT * np.log(max(1, num_examples)) / np.log(uint32_max))
   order = jnp.arange(num_examples)
   for _ in range(num_rounds):
     key, subkey = jax.random.split(key)
