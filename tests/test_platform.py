@@ -129,19 +129,12 @@ def _library_matmuls(compiled_hlo: str) -> int:
   )
 
 
-@pytest.mark.parametrize(
-  "model, library, ynnpack_matmuls",
-  [
-    ({"name": "mlp", "hidden_sizes": (64,)}, "eigen", False),
-    ({"name": "mlp", "hidden_sizes": (64,)}, "ynnpack", True),
-    (
-      {"name": "cnn", "conv_features": (4,), "dense_sizes": (16,), "pool": (True,)},
-      "ynnpack",
-      True,
-    ),
-    ({"name": "cnn", "conv_features": (4,), "dense_sizes": (16,), "pool": (True,)}, "eigen", False),
-  ],
-)
+_SMALL_MLP = {"name": "mlp", "hidden_sizes": (64,)}
+_SMALL_CNN = {"name": "cnn", "conv_features": (4,), "dense_sizes": (16,), "pool": (True,)}
+
+
+@pytest.mark.parametrize("model", [_SMALL_MLP, _SMALL_CNN], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("library, ynnpack_matmuls", [("eigen", False), ("ynnpack", True)])
 def test_the_training_program_compiles_its_matmuls_with_the_chosen_library(
   small_dataset, model, library, ynnpack_matmuls
 ):
