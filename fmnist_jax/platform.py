@@ -12,9 +12,10 @@ On XLA:CPU (measured on a 2-core machine, interleaved runs):
   (EPYC, 693-752 -> 811-898 images/s). Programs without a convolution op
   (im2col CNNs, MLPs) compile to the same code either way;
 - XLA's memory-optimised scheduler instead of its concurrency-optimised one
-  orders the scanned step so that fewer of its small ops wait on a core: the
-  same bits, `mlp_baseline.py` 1.04-1.09x faster (AMD EPYC Zen 5, 276-287k ->
-  295-301k images/s), the other configs within noise.
+  starts A1's largest matmul (the first layer's kernel gradient) beside the
+  second layer's gradients, not after the small updates: the same bits,
+  `mlp_baseline.py` 1.04-1.09x faster (AMD EPYC Zen 5, 276-287k -> 295-301k
+  images/s), the other configs within noise.
 The flags are set only if the user has not set them, only before jax is
 imported, and the LLVM level only where no GPU or TPU plugin is installed (XLA's
 GPU backend reads the same flag for the kernels it generates).
