@@ -5,11 +5,14 @@
 
 Every implementation trains the same model with the same recipe (read from the
 config file: widths, optimizer, batch size) on the same examples for the same
-epochs, each in a process of its own, one at a time; the repeats are interleaved
-(fmnist_jax, peer 1, peer 2, ..., fmnist_jax, ...) and each process waits for a
-quiet machine first. Repeat r runs every implementation with seed r, so the
-timings are medians over seeds and the test accuracy is a mean over them: one
-seed's accuracy after a few hundred steps is too noisy to rank frameworks by.
+epochs, each in a process of its own, one at a time, each process after waiting
+for a quiet machine. The repeats are interleaved, each starting one
+implementation later than the one before (fmnist_jax, peer 1, peer 2; then
+peer 1, peer 2, fmnist_jax; ...), so a slow minute at the start of a repeat
+does not always fall on the same implementation. Repeat r runs every
+implementation with seed r, so the timings are medians over seeds and the test
+accuracy is a mean over them: one seed's accuracy after a few hundred steps is
+too noisy to rank frameworks by.
 Reported per model and implementation: steady training images/s (median over
 repeats of each run's median epoch after the first; min-max), the first epoch's
 seconds (compilation included), the whole process's wall, test accuracy after
@@ -169,6 +172,16 @@ def label(implementation: str, framework: str) -> str:
   return framework + (" + fmnist_jax's XLA flags" if given else "")
 
 
+def repeat_order(implementations: list[str], repeat: int) -> list[str]:
+  """The order repeat `repeat` (from 0) runs the implementations in: rotated by `repeat`.
+
+  A machine's slow minutes tend to come at the start of a burst of runs; rotating
+  spreads them over the implementations instead of always charging the first.
+  """
+  shift = repeat % len(implementations)
+  return implementations[shift:] + implementations[:shift]
+
+
 def run_one(implementation: str, spec_path, data_path, seed: int) -> dict:
   module, variant = IMPLEMENTATIONS[implementation]
   python = sys.executable if implementation == "fmnist_jax" else _PEER_PYTHON.value
@@ -325,7 +338,7 @@ def main(argv):
     for name in _MODELS.value:
       data_path = write_data(specs[name], tmp)
       for repeat in range(_REPEATS.value):
-        for implementation in implementations:
+        for implementation in repeat_order(implementations, repeat):
           result = run_one(implementation, tmp / f"{name}.json", data_path, seed=repeat)
           runs[name][implementation].append(result)
           shown = result.get("images_per_s")

@@ -89,3 +89,25 @@ def test_an_unknown_peer_is_named_before_anything_runs(tmp_path):
   assert "--peers: unknown ['tensorflow']" in done.stderr and "keras_tensorflow" in done.stderr
   assert "Traceback" not in done.stderr
   assert not (tmp_path / "out").exists()
+
+
+_ORDERS = """
+import json
+from benchmarks import compare
+names = ["fmnist_jax", "pytorch", "keras_jax"]
+print(json.dumps([compare.repeat_order(names, repeat) for repeat in range(4)]))
+"""
+
+
+def test_each_repeat_starts_one_implementation_later():
+  done = subprocess.run(
+    [sys.executable, "-c", _ORDERS], cwd=ROOT, capture_output=True, text=True, timeout=120
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  orders = json.loads(done.stdout.strip().splitlines()[-1])
+  assert orders == [
+    ["fmnist_jax", "pytorch", "keras_jax"],
+    ["pytorch", "keras_jax", "fmnist_jax"],
+    ["keras_jax", "fmnist_jax", "pytorch"],
+    ["fmnist_jax", "pytorch", "keras_jax"],
+  ]
