@@ -6,7 +6,8 @@
 Every implementation trains the same model with the same recipe (read from the
 config file: widths, optimizer, batch size) on the same examples for the same
 epochs, each in a process of its own, one at a time, each process after waiting
-for a quiet machine. The repeats are interleaved, each starting one
+for a quiet machine (`benchmarks/quiet.py`: no other busy process, and both
+cores at their quiet speed). The repeats are interleaved, each starting one
 implementation later than the one before (fmnist_jax, peer 1, peer 2; then
 peer 1, peer 2, fmnist_jax; ...), so a slow minute at the start of a repeat
 does not always fall on the same implementation. Repeat r runs every

@@ -111,3 +111,25 @@ def test_each_repeat_starts_one_implementation_later():
     ["keras_jax", "fmnist_jax", "pytorch"],
     ["fmnist_jax", "pytorch", "keras_jax"],
   ]
+
+
+def _scripted_probe(monkeypatch, seconds):
+  from benchmarks import quiet
+
+  probes = iter(seconds)
+  monkeypatch.setattr(quiet, "_even_split_probe", lambda: lambda: next(probes))
+  monkeypatch.setattr(quiet, "_probe_seconds", [])
+  monkeypatch.setattr(quiet.time, "sleep", lambda _: None)
+  return quiet
+
+
+def test_waits_while_one_core_runs_slow(monkeypatch):
+  # Five calibration probes, then two at twice the quiet speed, then a quiet one.
+  quiet = _scripted_probe(monkeypatch, [1.0, 1.1, 1.0, 1.2, 1.0, 2.0, 1.9, 1.1, 9.9])
+  assert quiet.wait_for_even_cores(tolerance=1.3, timeout_s=60)
+  assert quiet._probe_seconds[-1] == 1.1  # it stopped at the first even probe
+
+
+def test_gives_up_after_the_timeout(monkeypatch):
+  quiet = _scripted_probe(monkeypatch, [1.0] * 5 + [2.0] * 100)
+  assert not quiet.wait_for_even_cores(tolerance=1.3, timeout_s=0)
