@@ -176,8 +176,8 @@ def label(implementation: str, framework: str) -> str:
 def repeat_order(implementations: list[str], repeat: int) -> list[str]:
   """The order repeat `repeat` (from 0) runs the implementations in: rotated by `repeat`.
 
-  A machine's slow minutes tend to come at the start of a burst of runs; rotating
-  spreads them over the implementations instead of always charging the first.
+  A slow stretch of the machine that meets one slot of the repeats then meets a
+  different implementation each repeat instead of always the same one.
   """
   shift = repeat % len(implementations)
   return implementations[shift:] + implementations[:shift]

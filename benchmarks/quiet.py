@@ -39,11 +39,12 @@ def wait_for_quiet(enabled: bool = True) -> None:
 
 @functools.cache
 def _even_split_probe():
-  """A jitted memory-bound loop over 4 MB that XLA:CPU splits evenly over the cores."""
+  """A jitted memory-bound loop over 4 MB that XLA:CPU splits evenly over the cores
+  (on the CPU also where a GPU or TPU is jax's default device)."""
   import jax
   import jax.numpy as jnp
 
-  values = jnp.ones((1 << 20,), jnp.float32)
+  values = jax.device_put(jnp.ones((1 << 20,), jnp.float32), jax.devices("cpu")[0])
   passes = jax.jit(lambda v: jax.lax.fori_loop(0, 50, lambda _, x: x * 0.9 + 1.0, v))
   jax.block_until_ready(passes(values))  # compile
 
