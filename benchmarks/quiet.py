@@ -3,12 +3,12 @@
 Two kinds of noise. Other processes on this machine: `wait_for_quiet` runs
 ../shared/tools/wait-quiet, which watches /proc/stat. And noise from outside it,
 which /proc/stat does not show: on the 2-core Zen 5 of 2026-12-06, for stretches
-of a few seconds to a minute, one core ran vector code at about half speed while
-the other did not (no steal time reported). A loop that XLA splits evenly over
-the cores then took twice as long, and so did A1's training step (0.69 -> 1.13
-ms: its elementwise passes split the same way), while a 2048 matmul (Eigen
-balances its blocks) and a one-thread numpy loop barely changed.
-`wait_for_even_cores` probes for that with such a loop.
+of a few seconds to over a minute, the two cores delivered about one core's work
+(no steal time reported). A loop that XLA splits evenly over the cores then took
+about twice as long, and A1's training step as long as on one core (0.69 -> 1.1
+ms). `wait_for_even_cores` probes for that with such a loop. The probe also
+reads slow at many moments when A1 runs at full speed (benchmarks/README.md), so
+it delays some runs and still misses some stretches.
 """
 
 import functools
@@ -20,7 +20,7 @@ import time
 # Beside the checkout, on the project's machines.
 WAIT_QUIET = pathlib.Path(__file__).resolve().parents[2] / "shared" / "tools" / "wait-quiet"
 
-# A probe slower than this times the fastest one seen means a slow core.
+# A probe slower than this times the fastest one seen means the cores are not both at work.
 EVEN_CORES_TOLERANCE = 1.3
 EVEN_CORES_TIMEOUT_S = 120.0
 # Every probe this process ran: their minimum is the machine's quiet speed.
