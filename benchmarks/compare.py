@@ -225,13 +225,8 @@ def measure_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
 
   a = jnp.ones((size, size), jnp.float32)
   matmul = jax.jit(lambda a: a @ a)
-  matmul(a).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    matmul(a).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2 * size**3 / best / 1e9
+  matmul(a).block_until_ready()  # compile
+  return 2 * size**3 / quiet.best_seconds(lambda: matmul(a).block_until_ready(), repeats) / 1e9
 
 
 def summarize(runs: list[dict], flops_per_image: float, peak_gflops: float) -> dict:

@@ -37,6 +37,16 @@ def wait_for_quiet(enabled: bool = True) -> None:
   wait_for_even_cores()
 
 
+def best_seconds(run, repeats: int) -> float:
+  """The fastest of `repeats` timed calls of `run`, which must block until its work is done."""
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    run()
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
 @functools.cache
 def _even_split_probe():
   """A jitted memory-bound loop over 4 MB that XLA:CPU splits evenly over the cores
@@ -47,13 +57,7 @@ def _even_split_probe():
   values = jax.device_put(jnp.ones((1 << 20,), jnp.float32), jax.devices("cpu")[0])
   passes = jax.jit(lambda v: jax.lax.fori_loop(0, 50, lambda _, x: x * 0.9 + 1.0, v))
   jax.block_until_ready(passes(values))  # compile
-
-  def seconds() -> float:
-    start = time.perf_counter()
-    jax.block_until_ready(passes(values))
-    return time.perf_counter() - start
-
-  return lambda: min(seconds() for _ in range(3))
+  return lambda: best_seconds(lambda: jax.block_until_ready(passes(values)), repeats=3)
 
 
 def wait_for_even_cores(

@@ -123,7 +123,7 @@ def _scripted_probe(monkeypatch, seconds):
   return quiet
 
 
-def test_waits_while_one_core_runs_slow(monkeypatch):
+def test_waits_while_the_cores_run_slow(monkeypatch):
   # Five calibration probes, then two at twice the quiet speed, then a quiet one.
   quiet = _scripted_probe(monkeypatch, [1.0, 1.1, 1.0, 1.2, 1.0, 2.0, 1.9, 1.1, 9.9])
   assert quiet.wait_for_even_cores(tolerance=1.3, timeout_s=60)
