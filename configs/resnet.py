@@ -16,8 +16,11 @@ On CPU the stride-1 convolutions run as conv_impl="hybrid" (XLA's convolution,
 the kernel gradient as matmuls): 719 -> 845 images/s over im2col on 2 cores,
 interleaved; 1.17-1.19x faster again since XLA:CPU runs convolutions in Eigen,
 not in single-threaded YNNPACK (fmnist_jax/platform.py; EPYC 693-752 -> 811-898
-images/s). The B5 runs the README reports were trained with im2col (the
-default before 2026-12-02); `--config.conv_impl=im2col` reproduces them exactly.
+images/s); and 1.08-1.13x again since its single-channel first conv and 1x1
+projections run as im2col and its 28x28 kernel gradient on batch chunks
+(2026-12-06, Zen 5: 1,440 -> 1,633 images/s, fmnist_jax/layers.py). The B5 runs
+the README reports were trained with im2col (the default before 2026-12-02);
+`--config.conv_impl=im2col` reproduces them exactly.
 
   python launch.py --config=configs/resnet.py
 """

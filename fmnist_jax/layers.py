@@ -11,12 +11,21 @@ trace time: "im2col" on CPU, "xla" elsewhere).
 
 Inside the loop it is only the kernel gradient that XLA:CPU runs slowly (a
 28x28x24 -> 24 convolution in a scanned step: forward 6 ms, input gradient 6 ms,
-kernel gradient 1,700 ms). "hybrid" keeps XLA's convolution (YNNPACK on CPU) for
-the forward pass and the input gradient and computes the kernel gradient as
-kh*kw matmuls of shifted input slices; on GPU and TPU it is "xla". Which of
+kernel gradient 1,700 ms). "hybrid" keeps XLA's convolution (Eigen on CPU,
+platform.py) for the forward pass and the input gradient and computes the
+kernel gradient as kh*kw matmuls of shifted input slices; on GPU and TPU it is
+"xla". Which of
 "im2col" and "hybrid" trains faster depends on the model: measured on 2 cores,
 the residual CNN (configs/resnet.py) 719 -> 845 images/s with "hybrid", the
 3-conv CNN (configs/cnn.py) 1,540 -> 1,283.
+
+Two refinements of "hybrid" (B5 1.10-1.13x faster together, benchmarks/README.md):
+a convolution whose im2col patches are no wider than its output (kh*kw*C <= F:
+a single-channel first layer, a widening 1x1 projection) runs as im2col, where
+each of its kh*kw tap matmuls would reread the whole output gradient for a thin
+product; and over a large input the kernel gradient runs on batch chunks
+summed in a loop, so that a chunk's taps are reread from cache (a 28x28x24 ->
+24 kernel gradient 10.6 -> 7.8 ms per step of 128).
 """
 
 import functools
@@ -30,6 +39,10 @@ from flax import nnx
 from fmnist_jax.errors import ConfigError
 
 CONV_IMPLS = ("auto", "xla", "im2col", "hybrid")
+# "hybrid"'s kernel gradient splits the batch into chunks of at most this many bytes
+# of input: its kh*kw tap matmuls each reread a chunk, which then comes from cache
+# (2 cores, 2 MB L2 each, 32 MB L3: chunks of 1.2-4.8 MB measured alike).
+HYBRID_CHUNK_BYTES = 3 * 2**20
 
 # Keras' defaults, used by every model so configs reproducing Keras rows match:
 # glorot-uniform kernels, zero biases, BatchNormalization(momentum=0.99, epsilon=1e-3).
@@ -182,7 +195,7 @@ def _hybrid_conv_forward(x_BxHxWxC, kernel_KhxKwxCxF, padding):
 
 def _hybrid_conv_backward(padding, residuals, dy_BxHoxWoxF):
   x_BxHxWxC, kernel_KhxKwxCxF = residuals
-  kh, kw, channels, features = kernel_KhxKwxCxF.shape
+  kh, kw, _, _ = kernel_KhxKwxCxF.shape
   (top, bottom), (left, right) = padding
   # The input gradient: the convolution of dy with the flipped kernel, in and out swapped.
   dx_BxHxWxC = jax.lax.conv_general_dilated(
@@ -192,14 +205,41 @@ def _hybrid_conv_backward(padding, residuals, dy_BxHoxWoxF):
     ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)),
     dimension_numbers=_NHWC,
   )
-  # The kernel gradient: one (C x B*Ho*Wo) @ (B*Ho*Wo x F) matmul per kernel tap.
+  chunks = _batch_chunks(x_BxHxWxC)
+  if chunks == 1:
+    dkernel = _tap_kernel_gradient(x_BxHxWxC, dy_BxHoxWoxF, kernel_KhxKwxCxF.shape, padding)
+  else:
+    size = x_BxHxWxC.shape[0] // chunks
+
+    def add_chunk(index, total):
+      # Sliced by index, not reshaped into chunks: XLA then passes the loop the
+      # buffer the forward convolution read, instead of recomputing it.
+      x_chunk = jax.lax.dynamic_slice_in_dim(x_BxHxWxC, index * size, size)
+      dy_chunk = jax.lax.dynamic_slice_in_dim(dy_BxHoxWoxF, index * size, size)
+      return total + _tap_kernel_gradient(x_chunk, dy_chunk, kernel_KhxKwxCxF.shape, padding)
+
+    zeros = jnp.zeros(kernel_KhxKwxCxF.shape, x_BxHxWxC.dtype)
+    dkernel = jax.lax.fori_loop(0, chunks, add_chunk, zeros)
+  return dx_BxHxWxC, dkernel
+
+
+def _batch_chunks(x_BxHxWxC) -> int:
+  """The fewest batch chunks (a divisor of the batch) of at most HYBRID_CHUNK_BYTES; 1
+  (no split) where no divisor up to twice that count exists, as for a prime batch."""
+  batch = x_BxHxWxC.shape[0]
+  needed = -(-x_BxHxWxC.size * x_BxHxWxC.dtype.itemsize // HYBRID_CHUNK_BYTES)
+  return next((n for n in range(needed, 2 * needed + 1) if batch % n == 0), 1)
+
+
+def _tap_kernel_gradient(x_BxHxWxC, dy_BxHoxWoxF, kernel_shape, padding):
+  """One (C x B*Ho*Wo) @ (B*Ho*Wo x F) matmul per kernel tap."""
+  kh, kw, channels, features = kernel_shape
+  (top, bottom), (left, right) = padding
   padded = jnp.pad(x_BxHxWxC, ((0, 0), (top, bottom), (left, right), (0, 0)))
   _, out_h, out_w, _ = dy_BxHoxWoxF.shape
   dy_PxF = dy_BxHoxWoxF.reshape(-1, features)
   taps = _shifted_slices(padded, (kh, kw), (out_h, out_w))
-  dkernel = jnp.stack([tap.reshape(-1, channels).T @ dy_PxF for tap in taps])
-  dkernel = dkernel.reshape(kernel_KhxKwxCxF.shape)
-  return dx_BxHxWxC, dkernel
+  return jnp.stack([tap.reshape(-1, channels).T @ dy_PxF for tap in taps]).reshape(kernel_shape)
 
 
 _hybrid_conv.defvjp(_hybrid_conv_forward, _hybrid_conv_backward)
@@ -259,9 +299,11 @@ class Conv(nnx.Conv):
       return super().__call__(x)
     bias = self.bias[...] if self.bias is not None else None
     x, kernel, bias = self.promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
-    if impl == "hybrid" and tuple(self.strides) == (1, 1):
+    kh, kw, channels, features = kernel.shape
+    # Narrow patches (kh*kw*C <= F) are cheaper as im2col under "hybrid" (see the top).
+    if impl == "hybrid" and tuple(self.strides) == (1, 1) and kh * kw * channels > features:
       y = _hybrid_conv(x, kernel, _explicit_padding(x, kernel.shape[:2], self.padding))
-    else:  # im2col, and "hybrid"'s strided convolutions
+    else:  # im2col, and "hybrid"'s strided or narrow convolutions
       y = _im2col_conv(x, kernel, self.padding, self.strides)
     return y + bias if bias is not None else y
 

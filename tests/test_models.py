@@ -62,7 +62,7 @@ def test_im2col_matches_xla_outputs_and_gradients(cls, padding, side, extra):
     ("SAME", 7, (3, 3), 4),
     ("SAME", 6, (3, 3), 4),
     ("VALID", 7, (3, 3), 4),
-    ("SAME", 7, (1, 1), 4),  # the residual blocks' projection
+    ("SAME", 7, (1, 1), 8),  # a 1x1 conv that narrows (one that widens runs as im2col)
     ("SAME", 6, (2, 3), 1),  # uneven SAME padding, one input channel
     (((2, 0), (1, 3)), 5, (3, 3), 4),  # explicit, asymmetric padding
   ],
@@ -84,6 +84,36 @@ def test_hybrid_computes_the_kernel_gradient_as_matmuls_not_a_convolution():
 
   assert convolutions_in_kernel_gradient("xla") == 2  # forward, kernel gradient
   assert convolutions_in_kernel_gradient("hybrid") == 1  # forward only
+
+
+def test_hybrid_runs_narrow_convolutions_as_im2col():
+  # kh*kw*C <= F: the single-channel first conv and the 1x1 projections of resnet.py.
+  def convolutions(c_in, c_out, kernel_size):
+    module = layers.Conv(c_in, c_out, kernel_size, impl="hybrid", rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(module)
+    x = jnp.ones((2, 6, 6, c_in))
+    loss = lambda params: jnp.sum(nnx.merge(graphdef, params)(x) ** 2)  # noqa: E731
+    return jax.jit(jax.grad(loss)).lower(params).as_text().count("stablehlo.convolution")
+
+  assert convolutions(1, 24, (3, 3)) == 0
+  assert convolutions(24, 48, (1, 1)) == 0
+  assert convolutions(24, 24, (3, 3)) == 1  # forward (x is no argument of the gradient)
+  assert convolutions(48, 24, (1, 1)) == 1
+
+
+def test_hybrid_kernel_gradient_over_batch_chunks_matches_xla(monkeypatch):
+  x = jax.random.normal(jax.random.key(0), (8, 7, 7, 4))
+  monkeypatch.setattr(layers, "HYBRID_CHUNK_BYTES", x.nbytes // 4)
+  assert layers._batch_chunks(x) == 4
+  _assert_matches_xla(layers.Conv(4, 5, rngs=nnx.Rngs(0)), x, "hybrid")
+
+
+def test_hybrid_batch_chunks_divide_the_batch_or_none():
+  images_per_chunk = layers.HYBRID_CHUNK_BYTES // (28 * 28 * 24 * 4)
+  assert layers._batch_chunks(jnp.zeros((images_per_chunk, 28, 28, 24))) == 1
+  assert layers._batch_chunks(jnp.zeros((128, 28, 28, 24))) == 4  # resnet.py's first stage
+  assert layers._batch_chunks(jnp.zeros((128, 14, 14, 24))) == 1
+  assert layers._batch_chunks(jnp.zeros((131, 28, 28, 24))) == 1  # a prime batch: no split
 
 
 def test_hybrid_runs_strided_convolutions_as_im2col_and_in_bfloat16():
