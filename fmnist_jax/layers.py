@@ -216,10 +216,12 @@ def _hybrid_conv_backward(padding, residuals, dy_BxHoxWoxF):
       # buffer the forward convolution read, instead of recomputing it.
       x_chunk = jax.lax.dynamic_slice_in_dim(x_BxHxWxC, index * size, size)
       dy_chunk = jax.lax.dynamic_slice_in_dim(dy_BxHoxWoxF, index * size, size)
-      return total + _tap_kernel_gradient(x_chunk, dy_chunk, kernel_KhxKwxCxF.shape, padding)
+      chunk = _tap_kernel_gradient(x_chunk, dy_chunk, kernel_KhxKwxCxF.shape, padding)
+      return total + chunk.astype(total.dtype)
 
-    zeros = jnp.zeros(kernel_KhxKwxCxF.shape, x_BxHxWxC.dtype)
-    dkernel = jax.lax.fori_loop(0, chunks, add_chunk, zeros)
+    # Summed in float32 also for bfloat16 compute, as one matmul accumulates.
+    zeros = jnp.zeros(kernel_KhxKwxCxF.shape, jnp.promote_types(x_BxHxWxC.dtype, jnp.float32))
+    dkernel = jax.lax.fori_loop(0, chunks, add_chunk, zeros).astype(kernel_KhxKwxCxF.dtype)
   return dx_BxHxWxC, dkernel
 
 

@@ -106,6 +106,9 @@ def test_hybrid_kernel_gradient_over_batch_chunks_matches_xla(monkeypatch):
   monkeypatch.setattr(layers, "HYBRID_CHUNK_BYTES", x.nbytes // 4)
   assert layers._batch_chunks(x) == 4
   _assert_matches_xla(layers.Conv(4, 5, rngs=nnx.Rngs(0)), x, "hybrid")
+  half = layers.Conv(4, 5, impl="hybrid", dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  grads = nnx.grad(lambda m: jnp.sum(m(x).astype(jnp.float32)))(half)
+  assert grads.kernel[...].dtype == jnp.float32
 
 
 def test_hybrid_batch_chunks_divide_the_batch_or_none():
