@@ -14,10 +14,9 @@ Inside the loop it is only the kernel gradient that XLA:CPU runs slowly (a
 kernel gradient 1,700 ms). "hybrid" keeps XLA's convolution (Eigen on CPU,
 platform.py) for the forward pass and the input gradient and computes the
 kernel gradient as kh*kw matmuls of shifted input slices; on GPU and TPU it is
-"xla". Which of
-"im2col" and "hybrid" trains faster depends on the model: measured on 2 cores,
-the residual CNN (configs/resnet.py) 719 -> 845 images/s with "hybrid", the
-3-conv CNN (configs/cnn.py) 1,540 -> 1,283.
+"xla". Which of "im2col" and "hybrid" trains faster depends on the model:
+measured on 2 cores, the residual CNN (configs/resnet.py) 719 -> 845 images/s
+with "hybrid", the 3-conv CNN (configs/cnn.py) 1,540 -> 1,283.
 
 Two refinements of "hybrid" (B5 1.10-1.13x faster together, benchmarks/README.md):
 a convolution whose im2col patches are no wider than its output (kh*kw*C <= F:
@@ -227,7 +226,8 @@ def _hybrid_conv_backward(padding, residuals, dy_BxHoxWoxF):
 
 def _batch_chunks(x_BxHxWxC) -> int:
   """The fewest batch chunks (a divisor of the batch) of at most HYBRID_CHUNK_BYTES; 1
-  (no split) where no divisor up to twice that count exists, as for a prime batch."""
+  (no split) where no divisor up to twice that count exists, as for a prime batch.
+  Reads only the shape and dtype (an array, a tracer or a `jax.ShapeDtypeStruct`)."""
   batch = x_BxHxWxC.shape[0]
   needed = -(-x_BxHxWxC.size * x_BxHxWxC.dtype.itemsize // HYBRID_CHUNK_BYTES)
   return next((n for n in range(needed, 2 * needed + 1) if batch % n == 0), 1)
@@ -304,7 +304,7 @@ class Conv(nnx.Conv):
     kh, kw, channels, features = kernel.shape
     # Narrow patches (kh*kw*C <= F) are cheaper as im2col under "hybrid" (see the top).
     if impl == "hybrid" and tuple(self.strides) == (1, 1) and kh * kw * channels > features:
-      y = _hybrid_conv(x, kernel, _explicit_padding(x, kernel.shape[:2], self.padding))
+      y = _hybrid_conv(x, kernel, _explicit_padding(x, (kh, kw), self.padding))
     else:  # im2col, and "hybrid"'s strided or narrow convolutions
       y = _im2col_conv(x, kernel, self.padding, self.strides)
     return y + bias if bias is not None else y

@@ -112,11 +112,14 @@ def test_hybrid_kernel_gradient_over_batch_chunks_matches_xla(monkeypatch):
 
 
 def test_hybrid_batch_chunks_divide_the_batch_or_none():
+  def chunks(*shape):
+    return layers._batch_chunks(jax.ShapeDtypeStruct(shape, jnp.float32))
+
   images_per_chunk = layers.HYBRID_CHUNK_BYTES // (28 * 28 * 24 * 4)
-  assert layers._batch_chunks(jnp.zeros((images_per_chunk, 28, 28, 24))) == 1
-  assert layers._batch_chunks(jnp.zeros((128, 28, 28, 24))) == 4  # resnet.py's first stage
-  assert layers._batch_chunks(jnp.zeros((128, 14, 14, 24))) == 1
-  assert layers._batch_chunks(jnp.zeros((131, 28, 28, 24))) == 1  # a prime batch: no split
+  assert chunks(images_per_chunk, 28, 28, 24) == 1
+  assert chunks(128, 28, 28, 24) == 4  # resnet.py's first stage
+  assert chunks(128, 14, 14, 24) == 1
+  assert chunks(131, 28, 28, 24) == 1  # a prime batch: no split
 
 
 def test_hybrid_runs_strided_convolutions_as_im2col_and_in_bfloat16():
