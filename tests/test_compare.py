@@ -9,6 +9,9 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -20,7 +23,7 @@ def test_compare_times_and_scores_fmnist_jax(real_data_dir, tmp_path):
     "--models=mlp_baseline",
     "--peers=fmnist_jax",
     "--repeats=2",
-    "--num_examples=4000",
+    "--num_examples=4150",  # trimmed to 20 whole batches of 200: 4,000
     "--epochs=2",
     "--peak_gflops=100",
     "--nowait_quiet",
@@ -34,6 +37,11 @@ def test_compare_times_and_scores_fmnist_jax(real_data_dir, tmp_path):
   assert [run.get("error") for run in runs] == [None, None]
   assert all(run["num_params"] == 266_610 for run in runs)  # A1: 784-300-100-10
   assert [run["seed"] for run in runs] == [0, 1]  # repeat r trains with seed r
+  spec = result["meta"]["specs"]["mlp_baseline"]
+  assert (spec["num_examples"], spec["steps"], spec["accuracy_settled"]) == (4000, 40, True)
+  for run in runs:  # images/s counts the images each epoch trained on
+    steady = sorted(run["epoch_seconds"][1:])
+    assert abs(run["images_per_s"] - 4000 / steady[len(steady) // 2]) < 1e-6
   row = result["table"]["mlp_baseline"]["fmnist_jax"]
   speeds = [run["images_per_s"] for run in runs]
   assert row["images_per_s_min"] == min(speeds) > 0 and row["runs"] == 2
@@ -89,6 +97,63 @@ def test_an_unknown_peer_is_named_before_anything_runs(tmp_path):
   assert "--peers: unknown ['tensorflow']" in done.stderr and "keras_tensorflow" in done.stderr
   assert "Traceback" not in done.stderr
   assert not (tmp_path / "out").exists()
+
+
+def test_an_impossible_example_count_is_named_before_anything_runs(real_data_dir, tmp_path):
+  command = [sys.executable, "-m", "benchmarks.compare", "--models=cnn", "--peers=fmnist_jax"]
+  command += ["--num_examples=70000", "--peak_gflops=100", "--nowait_quiet"]
+  done = subprocess.run(
+    [*command, f"--out={tmp_path / 'out'}"], cwd=ROOT, capture_output=True, text=True, timeout=300
+  )
+  assert done.returncode != 0
+  assert "--num_examples=70000: cnn needs one batch of 128 to 60,000" in done.stderr
+  assert "Traceback" not in done.stderr
+  assert "repeat 1" not in done.stdout  # nothing was timed
+
+
+def test_a_peer_refuses_data_that_is_not_the_specs(tmp_path, monkeypatch):
+  from benchmarks.peers import common
+
+  np.savez(tmp_path / "data.npz", train_labels=np.zeros(48_000, np.int32))
+  (tmp_path / "spec.json").write_text(json.dumps({"num_examples": 60_000}))
+  argv = ["peer", f"--spec={tmp_path / 'spec.json'}", f"--data={tmp_path / 'data.npz'}"]
+  monkeypatch.setattr(sys, "argv", argv)
+  with pytest.raises(SystemExit, match="has 48,000 training images, the spec 60,000"):
+    common.parse_args()
+
+
+_MARKDOWN = """
+import json
+from benchmarks import compare
+row = {"framework": "fmnist_jax", "images_per_s": 2000.0, "images_per_s_min": 1900.0,
+       "images_per_s_max": 2100.0, "roofline": 0.3, "first_epoch_s": 6.0,
+       "process_wall_s": 20.0, "test_accuracy": 0.2, "test_accuracy_min": 0.1,
+       "test_accuracy_max": 0.3}
+tables = {}
+for num_examples, epochs in ((6400, 3), (59904, 2)):
+  spec = {"model": {"batch_norm": True}, "num_examples": num_examples, "epochs": epochs,
+          "batch_size": 128, "num_params": 1}
+  spec["steps"] = compare.training_steps(spec)
+  spec["accuracy_settled"] = compare.accuracy_settled(spec)
+  meta = {"repeats": 3, "machine": "CPU", "specs": {"resnet": spec}, "flops": {"resnet": 1e8}}
+  tables[num_examples] = compare.markdown({"resnet": {"fmnist_jax": row}}, meta)
+mlp = {"model": {"name": "mlp"}, "num_examples": 128, "epochs": 1, "batch_size": 128}
+print(json.dumps({"tables": tables, "mlp_settled": compare.accuracy_settled(mlp)}))
+"""
+
+
+def test_the_table_says_when_batch_norm_has_not_settled():
+  done = subprocess.run(
+    [sys.executable, "-c", _MARKDOWN], cwd=ROOT, capture_output=True, text=True, timeout=120
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads(done.stdout.strip().splitlines()[-1])
+  short, settled = result["tables"]["6400"], result["tables"]["59904"]
+  assert "6,400 examples x 3 epochs = 150 steps" in short
+  assert "Test accuracy after 150 steps measures batch norm's lag" in short
+  assert "--models=resnet --num_examples=60000 --epochs=2" in short
+  assert "59,904 examples x 2 epochs = 936 steps" in settled and "lag" not in settled
+  assert result["mlp_settled"]  # no batch norm: one step's accuracy is the model's
 
 
 _ORDERS = """

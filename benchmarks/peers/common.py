@@ -17,6 +17,11 @@ def parse_args():
   with open(args.spec) as f:
     spec = json.load(f)
   arrays = dict(np.load(args.data))
+  if len(arrays["train_labels"]) != spec["num_examples"]:  # images/s counts the spec's
+    raise SystemExit(
+      f"{args.data} has {len(arrays['train_labels']):,} training images, the spec "
+      f"{spec['num_examples']:,}: write both with benchmarks.compare"
+    )
   return args, spec, arrays
 
 
