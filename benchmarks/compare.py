@@ -12,8 +12,10 @@ implementation later than the one before (fmnist_jax, peer 1, peer 2; then
 peer 1, peer 2, fmnist_jax; ...), so a slow minute at the start of a repeat
 does not always fall on the same implementation. Repeat r runs every
 implementation with seed r, so the timings are medians over seeds and the test
-accuracy is a mean over them: one seed's accuracy after a few hundred steps is
-too noisy to rank frameworks by.
+accuracy is a mean over them. Every implementation trains on the same first
+`num_examples` training images, whole batches only; a batch-norm model's table
+says when its runs were too short for the accuracy to mean anything
+(BATCH_NORM_SETTLED_STEPS).
 Reported per model and implementation: steady training images/s (median over
 repeats of each run's median epoch after the first; min-max), the first epoch's
 seconds (compilation included), the whole process's wall, test accuracy after
@@ -63,8 +65,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # Examples per epoch and epochs per run: each run is a few steady epochs after the first.
 # The CNN trains 2 full epochs (936 steps) so that its test accuracy is settled and
-# comparable (see BATCH_NORM_SETTLED_STEPS); the ResNet, 2-3x slower per image in
-# every framework, keeps a short timing workload and its table says so.
+# comparable (see BATCH_NORM_SETTLED_STEPS). The ResNet keeps a short timing workload
+# (2 full epochs would take ~1 hour more with 5 repeats), and its table says so.
 WORKLOADS = {
   "mlp_baseline": {"num_examples": 50_000, "epochs": 4},
   "cnn": {"num_examples": 60_000, "epochs": 2},
@@ -72,9 +74,10 @@ WORKLOADS = {
 }
 # Batch norm's moving averages (Keras' momentum 0.99) still carry the first steps'
 # statistics, when the weights move fastest, for several hundred steps: after 300
-# steps the CNN's test accuracy spread 0.19-0.53 over seeds and frameworks (stop 40's
-# table), after 936 it was 0.876-0.879. Below this many steps a batch-norm model's
-# accuracy column measures that lag, not the model, and the table says so.
+# steps the CNN's test accuracy spread 0.19-0.53 over seeds and frameworks, after 936
+# 0.867-0.889 (means 0.876-0.883; benchmarks/README.md, 2026-12-06). Below this many
+# steps a batch-norm model's accuracy column measures that lag, not the model, and the
+# table says so.
 BATCH_NORM_SETTLED_STEPS = 900
 # Implementation -> (module, variant); fmnist_jax runs in this interpreter, peers in --peer_python.
 IMPLEMENTATIONS = {
