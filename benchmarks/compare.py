@@ -375,23 +375,21 @@ def main(argv):
   unknown = [name for name in implementations if name not in IMPLEMENTATIONS]
   if unknown:
     raise app.UsageError(f"--peers: unknown {unknown}; choose from {', '.join(IMPLEMENTATIONS)}.")
-  out = pathlib.Path(_OUT.value)
-  out.mkdir(parents=True, exist_ok=True)
   runs = {name: {impl: [] for impl in implementations} for name in _MODELS.value}
-  specs, flops = {}, {}
-  peak_gflops = _PEAK_GFLOPS.value or measure_peak_gflops()
+  specs, flops, data_paths = {}, {}, {}
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
-    data_paths = {}
     for name in _MODELS.value:  # every spec and data file first: a mistake shows before any timing
       specs[name], flops[name] = spec_for(name)
       (tmp / f"{name}.json").write_text(json.dumps(specs[name]))
       data_paths[name] = write_data(name, specs[name], tmp)
+    out = pathlib.Path(_OUT.value)
+    out.mkdir(parents=True, exist_ok=True)
+    peak_gflops = _PEAK_GFLOPS.value or measure_peak_gflops()
     for name in _MODELS.value:
-      data_path = data_paths[name]
       for repeat in range(_REPEATS.value):
         for implementation in repeat_order(implementations, repeat):
-          result = run_one(implementation, tmp / f"{name}.json", data_path, seed=repeat)
+          result = run_one(implementation, tmp / f"{name}.json", data_paths[name], seed=repeat)
           runs[name][implementation].append(result)
           shown = result.get("images_per_s")
           print(
