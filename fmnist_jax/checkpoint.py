@@ -184,6 +184,17 @@ def read_logits(
     return {name: arrays[name] for name in arrays.files}, ""
 
 
+def write_whole(path: pathlib.Path, content: bytes | str):
+  """Writes `path` whole or not at all (a partial file, then a rename), so that a reader
+  (another host's process, a report on a running workdir) never sees half a file."""
+  partial_path = path.with_name(f".{path.name}.partial")
+  if isinstance(content, str):
+    partial_path.write_text(content)
+  else:
+    partial_path.write_bytes(content)
+  os.replace(partial_path, path)
+
+
 def is_writer() -> bool:
   return jax.process_index() == 0
 
@@ -367,7 +378,7 @@ class RunDir:
             f"run and start over"
           )
       if is_writer() and not self._read_only:
-        config_path.write_text(current_json + "\n")
+        write_whole(config_path, current_json + "\n")
     except OSError as error:
       self._lock.release()
       if disk_full(error):
@@ -474,7 +485,7 @@ class RunDir:
 
   def write_results(self, results: dict):
     if is_writer():
-      (self.path / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+      write_whole(self.path / "results.json", json.dumps(results, indent=2) + "\n")
 
   def write_logits(self, logits_by_split: dict[str, np.ndarray], data_fingerprint: str) -> dict:
     """Writes the members' logits (split -> [M, N, C]) to logits.npz, whole or not at all;
@@ -484,9 +495,7 @@ class RunDir:
     np.savez(buffer, **{name: np.asarray(value) for name, value in logits_by_split.items()})
     content = buffer.getvalue()
     if is_writer():
-      partial_path = self.path / f".{LOGITS_FILE}.partial"
-      partial_path.write_bytes(content)
-      os.replace(partial_path, self.path / LOGITS_FILE)
+      write_whole(self.path / LOGITS_FILE, content)
     return {
       "file": LOGITS_FILE,
       "sha256": hashlib.sha256(content).hexdigest(),
