@@ -145,7 +145,7 @@ def trim_jsonl(path: pathlib.Path, last_epoch: int):
     and last_epoch > 0
     and (json.loads(line).get("phase") == "pretrain" or json.loads(line)["epoch"] <= last_epoch)
   ]
-  path.write_text("".join(line + "\n" for line in kept))
+  write_whole(path, "".join(line + "\n" for line in kept))  # a kill here keeps the old file
 
 
 def is_finished(workdir: pathlib.Path, config: ConfigDict) -> bool:
@@ -184,15 +184,20 @@ def read_logits(
     return {name: arrays[name] for name in arrays.files}, ""
 
 
+def partial_path(path: pathlib.Path) -> pathlib.Path:
+  """Where `write_whole` writes `path` before renaming it."""
+  return path.with_name(f".{path.name}.partial")
+
+
 def write_whole(path: pathlib.Path, content: bytes | str):
   """Writes `path` whole or not at all (a partial file, then a rename), so that a reader
   (another host's process, a report on a running workdir) never sees half a file."""
-  partial_path = path.with_name(f".{path.name}.partial")
+  partial = partial_path(path)
   if isinstance(content, str):
-    partial_path.write_text(content)
+    partial.write_text(content)
   else:
-    partial_path.write_bytes(content)
-  os.replace(partial_path, path)
+    partial.write_bytes(content)
+  os.replace(partial, path)
 
 
 def is_writer() -> bool:
@@ -210,6 +215,7 @@ RUN_OUTPUTS = (
   "checkpoints",
   "best",
   "analysis.md",
+  "sweep.json",
   "sweep.md",
   "sweep.csv",
 )
@@ -255,10 +261,11 @@ class WorkdirLock:
 def clear(workdir: pathlib.Path) -> list[str]:
   """Deletes a run's outputs from `workdir` (for --overwrite); returns what it removed.
 
-  Only a run's own files go (RUN_OUTPUTS, its PNGs, and sweep programs: subdirectories
-  holding a config.json); anything else a user keeps there stays. Refused while
-  another run holds the workdir.
+  Only a run's own files go (RUN_OUTPUTS and the partial files a killed `write_whole`
+  left of them, its PNGs, and sweep programs: subdirectories holding a config.json);
+  anything else a user keeps there stays. Refused while another run holds the workdir.
   """
+  leftovers = {partial_path(pathlib.Path(name)).name for name in RUN_OUTPUTS}
   workdir = pathlib.Path(workdir)
   if not workdir.is_dir():
     return []
@@ -268,7 +275,8 @@ def clear(workdir: pathlib.Path) -> list[str]:
   try:
     for entry in sorted(workdir.iterdir()):
       program = entry.is_dir() and (entry / "config.json").exists()
-      if entry.name in RUN_OUTPUTS or entry.suffix == ".png" or program:
+      own = entry.name in RUN_OUTPUTS or entry.name in leftovers or entry.suffix == ".png"
+      if own or program:
         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         removed.append(entry.name)
   finally:

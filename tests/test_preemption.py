@@ -154,3 +154,35 @@ def test_a_second_ctrl_c_does_not_cut_off_the_last_save(
     os.kill(os.getpid(), signal.SIGINT)
     held = True
   assert held
+
+
+def test_a_resume_trims_the_redone_epochs_and_a_kill_mid_trim_loses_nothing(tmp_path, monkeypatch):
+  path = tmp_path / "metrics.jsonl"
+  records = [{"epoch": 1, "phase": "pretrain"}] + [{"epoch": e, "loss": e} for e in (1, 2, 3)]
+  original = "".join(json.dumps(r) + "\n" for r in records)
+  path.write_text(original)
+
+  def killed(*args):
+    raise KeyboardInterrupt
+
+  with monkeypatch.context() as patch:
+    patch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+      checkpoint.trim_jsonl(path, last_epoch=2)
+  assert path.read_text() == original  # the old file, whole
+  checkpoint.trim_jsonl(path, last_epoch=2)
+  assert checkpoint.read_jsonl(path) == records[:3]
+  checkpoint.trim_jsonl(path, last_epoch=0)
+  assert checkpoint.read_jsonl(path) == []
+
+
+def test_overwrite_clears_what_a_killed_write_left_and_keeps_the_users_files(tmp_path):
+  run_files = ("config.json", "sweep.json", ".config.json.partial", ".results.json.partial")
+  for name in (*run_files, "loss.png"):
+    (tmp_path / name).write_text("run's")
+  for name in ("notes.txt", ".notes.txt.partial", ".hidden"):
+    (tmp_path / name).write_text("mine")
+  removed = checkpoint.clear(tmp_path)
+  assert sorted(removed) == sorted((*run_files, "loss.png"))
+  kept = sorted(p.name for p in tmp_path.iterdir())
+  assert kept == [".hidden", ".lock", ".notes.txt.partial", "notes.txt"]
