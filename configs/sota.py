@@ -31,6 +31,9 @@ def get_config():
   config.augment.cutout = 8
   # XLA's conv on GPU/TPU; on a CPU the stride-1 convs' kernel gradients become matmuls
   # (layers.py): a 1-epoch subset run 175 -> 145 s, its compilation 10.9 -> 9.8 s
-  # (benchmarks.compile_time, both sharing the 2-core CPU with a training run).
+  # (benchmarks.compile_time, both sharing the 2-core CPU with a training run); with
+  # hybrid's later refinements im2col -> hybrid 70 -> 95 images/s, the whole timing run
+  # 48.6-55.0 -> 38.1-39.4 s in 3 interleaved rounds (2026-12-06, Zen 5:
+  # `benchmarks.train_speed --num_examples=1024 --repeats=2 --config.conv_impl=...`).
   config.conv_impl = "hybrid"
   return config
