@@ -168,6 +168,12 @@ def accuracy_settled(spec: dict) -> bool:
   return not has_batch_norm or training_steps(spec) >= BATCH_NORM_SETTLED_STEPS
 
 
+def table_spec(spec: dict) -> dict:
+  """What the table and compare.json say of a model's spec."""
+  shown = {key: spec[key] for key in ("num_params", "batch_size", "num_examples", "epochs")}
+  return shown | {"steps": training_steps(spec), "accuracy_settled": accuracy_settled(spec)}
+
+
 @functools.cache
 def _all_training_data():
   """All 60,000 training images (no validation split: the peers do not validate)."""
@@ -407,11 +413,7 @@ def main(argv):
       f"{_accelerator()}, {os.cpu_count()} CPU cores, fp32 peak {peak_gflops:,.0f} GFLOP/s "
       + ("(given)" if _PEAK_GFLOPS.value else "(measured: 2048x2048 matmul)")
     ),
-    "specs": {
-      k: {key: v[key] for key in ("num_params", "batch_size", "num_examples", "epochs")}
-      | {"steps": training_steps(v), "accuracy_settled": accuracy_settled(v)}
-      for k, v in specs.items()
-    },
+    "specs": {name: table_spec(spec) for name, spec in specs.items()},
     "flops": flops,
   }
   (out / "compare.json").write_text(

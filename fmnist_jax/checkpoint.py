@@ -219,6 +219,8 @@ RUN_OUTPUTS = (
   "sweep.md",
   "sweep.csv",
 )
+# What a killed `write_whole` leaves of them.
+PARTIAL_RUN_OUTPUTS = frozenset(partial_path(pathlib.Path(name)).name for name in RUN_OUTPUTS)
 
 
 class WorkdirLock:
@@ -265,7 +267,6 @@ def clear(workdir: pathlib.Path) -> list[str]:
   left of them, its PNGs, and sweep programs: subdirectories holding a config.json);
   anything else a user keeps there stays. Refused while another run holds the workdir.
   """
-  leftovers = {partial_path(pathlib.Path(name)).name for name in RUN_OUTPUTS}
   workdir = pathlib.Path(workdir)
   if not workdir.is_dir():
     return []
@@ -275,7 +276,7 @@ def clear(workdir: pathlib.Path) -> list[str]:
   try:
     for entry in sorted(workdir.iterdir()):
       program = entry.is_dir() and (entry / "config.json").exists()
-      own = entry.name in RUN_OUTPUTS or entry.name in leftovers or entry.suffix == ".png"
+      own = entry.name in RUN_OUTPUTS or entry.name in PARTIAL_RUN_OUTPUTS or entry.suffix == ".png"
       if own or program:
         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         removed.append(entry.name)

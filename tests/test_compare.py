@@ -133,9 +133,8 @@ tables = {}
 for num_examples, epochs in ((6400, 3), (59904, 2)):
   spec = {"model": {"batch_norm": True}, "num_examples": num_examples, "epochs": epochs,
           "batch_size": 128, "num_params": 1}
-  spec["steps"] = compare.training_steps(spec)
-  spec["accuracy_settled"] = compare.accuracy_settled(spec)
-  meta = {"repeats": 3, "machine": "CPU", "specs": {"resnet": spec}, "flops": {"resnet": 1e8}}
+  specs = {"resnet": compare.table_spec(spec)}
+  meta = {"repeats": 3, "machine": "CPU", "specs": specs, "flops": {"resnet": 1e8}}
   tables[num_examples] = compare.markdown({"resnet": {"fmnist_jax": row}}, meta)
 mlp = {"model": {"name": "mlp"}, "num_examples": 128, "epochs": 1, "batch_size": 128}
 print(json.dumps({"tables": tables, "mlp_settled": compare.accuracy_settled(mlp)}))
