@@ -24,7 +24,7 @@ import math
 import pathlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -857,6 +857,70 @@ def _divergence_error(
   )
 
 
+def _newly_diverged(
+  step_metrics: dict,
+  active_M: np.ndarray,
+  steps_before_M: np.ndarray,
+  epoch: int,
+  members: Members,
+  peak_learning_rates_M: np.ndarray,
+  max_loss: float,
+) -> np.ndarray:
+  """The active members whose loss went bad in this epoch, each warned about.
+
+  A single run, or a run whose every member diverged, raises instead: nothing is left to train.
+  """
+  diverged_M = np.zeros(len(members), bool)
+  error = None
+  for index, first_bad in enumerate(_first_bad_step(step_metrics, max_loss)):
+    if first_bad is None or not active_M[index]:
+      continue
+    loss = step_metrics["loss"][index, first_bad]
+    error = _divergence_error(
+      loss,
+      int(steps_before_M[index]) + first_bad + 1,
+      epoch,
+      float(peak_learning_rates_M[index]),
+      max_loss,
+    )
+    if len(members) == 1:
+      raise error
+    diverged_M[index] = True
+    described = ", ".join(
+      f"{k}={metrics.format_value(v)}" for k, v in members.describe(index).items()
+    )
+    print(
+      f"warning: member {index} (seed {members.seeds[index]}, {described}) diverged: its "
+      f"training loss became {loss} in epoch {epoch + 1}. "
+      f"It is frozen and reported as diverged; the other members go on.",
+      file=sys.stderr,
+    )
+  if diverged_M.any() and not (active_M & ~diverged_M).any():
+    raise FloatingPointError(f"every member diverged by epoch {epoch + 1}; {error}")
+  return diverged_M
+
+
+def _train_records(
+  epoch: int, step_metrics: dict, seeds: Sequence[int], learning_rates_M: np.ndarray
+) -> list[dict]:
+  """Each member's training loss and accuracy over the epoch's examples, as logged."""
+  # A skipped (stopped) member's epoch counted no examples; the caller drops its record.
+  counts_M = np.maximum(step_metrics["count"].sum(axis=1), 1)
+  return [
+    {
+      "epoch": epoch + 1,
+      "member": index,
+      "seed": seed,
+      "train/loss": float(
+        np.sum(step_metrics["loss"][index] * step_metrics["count"][index]) / counts_M[index]
+      ),
+      "train/accuracy": float(step_metrics["correct"][index].sum() / counts_M[index]),
+      "learning_rate": float(learning_rates_M[index]),
+    }
+    for index, seed in enumerate(seeds)
+  ]
+
+
 def _pretrain(config, trainer_args, members: Members, state, train_data, log, layout) -> TrainState:
   """Trains the autoencoders on reconstruction; returns states with their own, fresh optimizer."""
   pre = config.pretrain
@@ -1064,32 +1128,15 @@ def fit(
           members.epoch_keys(_TRAIN_STREAM, epoch),
         )
         step_metrics = jax.device_get(step_metrics)
-        diverged_now = np.zeros(num_members, bool)
-        bad_steps = _first_bad_step(step_metrics, config.divergence_threshold)
-        for index, first_bad in enumerate(bad_steps):
-          if first_bad is None or not active[index]:
-            continue
-          error = _divergence_error(
-            step_metrics["loss"][index, first_bad],
-            int(steps_before[index]) + first_bad + 1,
-            epoch,
-            float(peak_learning_rates[index]),
-            config.divergence_threshold,
-          )
-          if num_members == 1:
-            raise error
-          diverged_now[index] = True
-          described = ", ".join(
-            f"{k}={metrics.format_value(v)}" for k, v in members.describe(index).items()
-          )
-          print(
-            f"warning: member {index} (seed {members.seeds[index]}, {described}) diverged: its "
-            f"training loss became {step_metrics['loss'][index, first_bad]} in epoch {epoch + 1}. "
-            f"It is frozen and reported as diverged; the other members go on.",
-            file=sys.stderr,
-          )
-        if diverged_now.any() and not (active & ~diverged_now).any():
-          raise FloatingPointError(f"every member diverged by epoch {epoch + 1}; {error}")
+        diverged_now = _newly_diverged(
+          step_metrics,
+          active,
+          steps_before,
+          epoch,
+          members,
+          peak_learning_rates,
+          config.divergence_threshold,
+        )
         if diverged_now.any():
           early = early.replace(diverged=early.diverged | jnp.asarray(diverged_now))
         first_step = int(steps_before.max())
@@ -1103,21 +1150,7 @@ def fit(
           peak_learning_rates[:, None] * multipliers_S[None, :],
           active & ~diverged_now,
         )
-        # A skipped (stopped) member's epoch counted no examples; its record is not kept.
-        counts_M = np.maximum(step_metrics["count"].sum(axis=1), 1)
-        records = [
-          {
-            "epoch": epoch + 1,
-            "member": index,
-            "seed": members.seeds[index],
-            "train/loss": float(
-              np.sum(step_metrics["loss"][index] * step_metrics["count"][index]) / counts_M[index]
-            ),
-            "train/accuracy": float(step_metrics["correct"][index].sum() / counts_M[index]),
-            "learning_rate": float(learning_rates[index]),
-          }
-          for index in range(num_members)
-        ]
+        records = _train_records(epoch, step_metrics, members.seeds, learning_rates)
         if has_val:
           # With ema_decay, validation and early stopping see the averaged weights.
           evaluated = averaged_state(config, state)

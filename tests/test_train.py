@@ -334,3 +334,38 @@ def test_members_stop_early_independently():
   assert np.asarray(es.stopped).tolist() == [True, False]
   assert np.asarray(es.best_epoch).tolist() == [0, 3]  # member 0's later 0.1 came after its stop
   assert np.asarray(es.best_params["w"]).tolist() == [0.0, 3.0]
+
+
+def test_a_diverged_member_is_frozen_alone_until_none_would_go_on(capsys):
+  members = train.members_of(small_config(num_seeds=4))
+  nan = float("nan")
+  # Member 0's loss goes NaN at step 2 and member 1's passes the threshold at step 1; member
+  # 2 is stopped (it trained no steps: its NaNs are not a loss); member 3 trains on.
+  step_metrics = {
+    "loss": np.array([[0.5, 0.4, nan], [0.5, 50.0, 0.3], [nan, nan, nan], [0.5, 0.4, 0.3]])
+  }
+  steps_before, peak_lrs = np.array([30, 30, 27, 30]), np.full(4, 0.1)
+  diverged = train._newly_diverged(
+    step_metrics, np.array([True, True, False, True]), steps_before, 10, members, peak_lrs, 10.0
+  )
+  assert diverged.tolist() == [True, True, False, False]
+  warnings = capsys.readouterr().err
+  assert "member 0 (seed 0" in warnings and "member 1 (seed 1" in warnings
+  assert "member 2" not in warnings and "member 3" not in warnings and "epoch 11" in warnings
+  # Once no member is left to train, the run ends with the last member's cause.
+  with pytest.raises(FloatingPointError, match=r"every member diverged by epoch 11; .*step 32 "):
+    train._newly_diverged(
+      step_metrics, np.array([False, True, False, False]), steps_before, 10, members, peak_lrs, 10
+    )
+  # A single run raises the cause itself, its step counted from the run's start.
+  single = train.members_of(small_config())
+  with pytest.raises(FloatingPointError, match=r"loss became nan at step 33 \(epoch 11\)"):
+    train._newly_diverged(
+      {"loss": step_metrics["loss"][:1]},
+      np.array([True]),
+      steps_before[:1],
+      10,
+      single,
+      peak_lrs[:1],
+      0.0,
+    )
