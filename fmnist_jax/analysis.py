@@ -18,6 +18,7 @@ writes per_class_f1.png (one bar per run and class) and per_class_f1.md there.
 Everything here is host-side NumPy and matplotlib over results already computed.
 """
 
+import io
 import json
 import pathlib
 import sys
@@ -181,6 +182,15 @@ def _summed_test_confusion(results: Mapping[str, Any]) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
+def save_figure(fig, path: pathlib.Path, dpi: int = FIGURE_DPI):
+  """Saves `fig` as a PNG whole or not at all (a kill mid-save leaves the old file), and
+  closes it."""
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=dpi)
+  _pyplot().close(fig)
+  checkpoint.write_whole(pathlib.Path(path), png.getvalue())
+
+
 def _pyplot():
   import matplotlib
 
@@ -209,8 +219,7 @@ def plot_confusion(confusion_CxC, path: pathlib.Path, title: str):
   ax.set_title(title, fontsize=10)
   fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
   fig.tight_layout()
-  fig.savefig(path, dpi=FIGURE_DPI)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def plot_per_class_f1(per_model: Mapping[str, Mapping[str, Any]], path: pathlib.Path, title: str):
@@ -239,8 +248,7 @@ def plot_per_class_f1(per_model: Mapping[str, Mapping[str, Any]], path: pathlib.
     fontsize="small", ncol=min(num_models, 4), loc="upper center", bbox_to_anchor=(0.5, -0.22)
   )
   fig.tight_layout()
-  fig.savefig(path, dpi=FIGURE_DPI)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def plot_misclassified(
@@ -270,8 +278,7 @@ def plot_misclassified(
     )
   fig.suptitle(f"{title}: {len(wrong)} test errors, the most confident first", fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=FIGURE_DPI)
-  plt.close(fig)
+  save_figure(fig, path)
   return len(wrong)
 
 
@@ -336,8 +343,7 @@ def plot_learning_curves(
       ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   fig.suptitle(f"{title} (rings: new minima of the validation loss)", fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=FIGURE_DPI)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def write_run_outputs(
@@ -365,7 +371,7 @@ def write_run_outputs(
     "gallery": workdir / "misclassified.png",
     "curves": workdir / "learning_curves.png",
   }
-  outputs["analysis.md"].write_text(run_markdown(name, results, history))
+  checkpoint.write_whole(outputs["analysis.md"], run_markdown(name, results, history))
   members = len(results["members"])
   suffix = f"{members} members summed" if members > 1 else "1 member"
   plot_confusion(_summed_test_confusion(results), outputs["confusion"], f"{name}: test ({suffix})")
@@ -422,7 +428,7 @@ def compare(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path) -> 
   text = "\n".join(
     ["Test F1 per class, mean +- std over seeds.", "", *_markdown_table(header, rows)]
   )
-  (out / "per_class_f1.md").write_text(text + "\n")
+  checkpoint.write_whole(out / "per_class_f1.md", text + "\n")
   return text
 
 

@@ -263,8 +263,8 @@ class WorkdirLock:
 def clear(workdir: pathlib.Path) -> list[str]:
   """Deletes a run's outputs from `workdir` (for --overwrite); returns what it removed.
 
-  Only a run's own files go (RUN_OUTPUTS and the partial files a killed `write_whole`
-  left of them, its PNGs, and sweep programs: subdirectories holding a config.json);
+  Only a run's own files go (RUN_OUTPUTS, its PNGs, the partial files a killed
+  `write_whole` left of either, and sweep programs: subdirectories holding a config.json);
   anything else a user keeps there stays. Refused while another run holds the workdir.
   """
   workdir = pathlib.Path(workdir)
@@ -276,7 +276,12 @@ def clear(workdir: pathlib.Path) -> list[str]:
   try:
     for entry in sorted(workdir.iterdir()):
       program = entry.is_dir() and (entry / "config.json").exists()
-      own = entry.name in RUN_OUTPUTS or entry.name in PARTIAL_RUN_OUTPUTS or entry.suffix == ".png"
+      own = (
+        entry.name in RUN_OUTPUTS
+        or entry.name in PARTIAL_RUN_OUTPUTS
+        or entry.suffix == ".png"
+        or (entry.name.startswith(".") and entry.name.endswith(".png.partial"))
+      )
       if own or program:
         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         removed.append(entry.name)

@@ -531,8 +531,8 @@ def main(argv: list[str]) -> int:
   out = pathlib.Path(args.out) if args.out else root / "report"
   out.mkdir(parents=True, exist_ok=True)
   markdown, page = build(root, out)
-  (out / "report.md").write_text(markdown)
-  (out / "report.html").write_text(page)
+  checkpoint.write_whole(out / "report.md", markdown)
+  checkpoint.write_whole(out / "report.html", page)
   print(f"Wrote {out}/report.md and report.html in {time.perf_counter() - start:.1f} s")
   return 0
 

@@ -344,7 +344,7 @@ def main(argv: list[str]) -> int:
   if args.out:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ensemble.json").write_text(json.dumps(result, indent=2) + "\n")
+    checkpoint.write_whole(out / "ensemble.json", json.dumps(result, indent=2) + "\n")
     print(f"Wrote {out / 'ensemble.json'}")
   return 0
 

@@ -26,6 +26,7 @@ import copy
 import csv
 import dataclasses
 import difflib
+import io
 import itertools
 import json
 import math
@@ -300,19 +301,20 @@ def write_outputs(workdir: pathlib.Path, sweep_results: dict, histories: dict):
   checkpoint.write_whole(
     workdir / "sweep.json", json.dumps(sweep_results, indent=2, default=str) + "\n"
   )
-  with (workdir / "sweep.csv").open("w", newline="") as f:
-    writer = csv.writer(f)
-    header = [*keys, "num_seeds", "epochs_mean", "diverged"]
-    header += [f"{m}_{stat}" for m in SWEEP_METRICS for stat in metrics.STAT_KEYS]
-    writer.writerow(header)
-    for row in rows:
-      values = [metrics.format_value(row["point"][key]) for key in keys]
-      values += [len(row["seeds"]), float(np.mean(row["epochs_trained"])), row["diverged"]]
-      values += [
-        row["stats"].get(m, {}).get(stat, "") for m in SWEEP_METRICS for stat in metrics.STAT_KEYS
-      ]
-      writer.writerow(values)
-  (workdir / "sweep.md").write_text(format_markdown(sweep_results) + "\n")
+  table = io.StringIO(newline="")
+  writer = csv.writer(table)
+  header = [*keys, "num_seeds", "epochs_mean", "diverged"]
+  header += [f"{m}_{stat}" for m in SWEEP_METRICS for stat in metrics.STAT_KEYS]
+  writer.writerow(header)
+  for row in rows:
+    values = [metrics.format_value(row["point"][key]) for key in keys]
+    values += [len(row["seeds"]), float(np.mean(row["epochs_trained"])), row["diverged"]]
+    values += [
+      row["stats"].get(m, {}).get(stat, "") for m in SWEEP_METRICS for stat in metrics.STAT_KEYS
+    ]
+    writer.writerow(values)
+  checkpoint.write_whole(workdir / "sweep.csv", table.getvalue())
+  checkpoint.write_whole(workdir / "sweep.md", format_markdown(sweep_results) + "\n")
   _plot(workdir, sweep_results, histories)
 
 
@@ -393,8 +395,7 @@ def _plot(workdir: pathlib.Path, sweep_results: dict, histories: dict):
     ax.legend(fontsize="small")
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(workdir / "sweep.png", dpi=120)
-  plt.close(fig)
+  analysis.save_figure(fig, workdir / "sweep.png", dpi=120)
 
   curve_metric = metric if not metric.startswith("test/") else "val/" + metric.split("/")[1]
   fig, ax = plt.subplots(figsize=(6, 4))
@@ -417,5 +418,4 @@ def _plot(workdir: pathlib.Path, sweep_results: dict, histories: dict):
   ax.legend(fontsize="x-small")
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(workdir / "sweep_curves.png", dpi=120)
-  plt.close(fig)
+  analysis.save_figure(fig, workdir / "sweep_curves.png", dpi=120)

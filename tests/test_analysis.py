@@ -1,5 +1,7 @@
 """Error analysis: confused pairs and patience against hand computations, and the run figures."""
 
+import os
+
 import numpy as np
 import pytest
 from small import small_config
@@ -112,6 +114,25 @@ def test_a_one_epoch_run_draws_visible_points_on_whole_epoch_ticks(tmp_path, mon
   ticks, markers = drawn[0]
   assert all(float(t).is_integer() for t in ticks) and len(ticks) < 15
   assert set(markers) == {"None"}
+
+
+def test_a_kill_while_a_figure_is_saved_leaves_the_old_figure_whole(tmp_path, monkeypatch):
+  history = {0: {"train/loss": [0.9, 0.7], "val/loss": [0.5, 0.4]}}
+  path = tmp_path / "curves.png"
+  analysis.plot_learning_curves(history, path, "first")
+  old = path.read_bytes()
+  assert old.startswith(b"\x89PNG")
+
+  def killed(*args):
+    raise KeyboardInterrupt
+
+  with monkeypatch.context() as patch:
+    patch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+      analysis.plot_learning_curves({0: {**history[0], "train/loss": [0.8, 0.1]}}, path, "2nd")
+  assert path.read_bytes() == old
+  analysis.plot_learning_curves({0: {**history[0], "train/loss": [0.8, 0.1]}}, path, "2nd")
+  assert path.read_bytes() != old and path.read_bytes().startswith(b"\x89PNG")
 
 
 def test_the_protocol_names_label_smoothing(small_dataset):

@@ -178,11 +178,12 @@ def test_a_resume_trims_the_redone_epochs_and_a_kill_mid_trim_loses_nothing(tmp_
 
 def test_overwrite_clears_what_a_killed_write_left_and_keeps_the_users_files(tmp_path):
   run_files = ("config.json", "sweep.json", ".config.json.partial", ".results.json.partial")
-  for name in (*run_files, "loss.png"):
+  figures = ("loss.png", ".confusion.png.partial")
+  for name in (*run_files, *figures):
     (tmp_path / name).write_text("run's")
   for name in ("notes.txt", ".notes.txt.partial", ".hidden"):
     (tmp_path / name).write_text("mine")
   removed = checkpoint.clear(tmp_path)
-  assert sorted(removed) == sorted((*run_files, "loss.png"))
+  assert sorted(removed) == sorted((*run_files, *figures))
   kept = sorted(p.name for p in tmp_path.iterdir())
   assert kept == [".hidden", ".lock", ".notes.txt.partial", "notes.txt"]
