@@ -112,12 +112,35 @@ def config_json(config: ConfigDict) -> str:
   return config.to_json_best_effort(indent=2, sort_keys=True)
 
 
+def _jsonl_entries(path: pathlib.Path) -> list[tuple[str, dict]]:
+  """(line, record) for every record of a JSON-lines log.
+
+  A last line cut off mid-append (no newline after it: a full disk, a crashed machine) is
+  dropped: its epoch was never saved, so a resume redoes it and logs it again.
+  """
+  lines = path.read_text().split("\n")
+  entries = []
+  for number, line in enumerate(lines, start=1):
+    if not line:
+      continue
+    try:
+      entries.append((line, json.loads(line)))
+    except json.JSONDecodeError as error:
+      if number == len(lines):  # the unterminated tail
+        break
+      raise UserError(
+        f"{path}, line {number}, is not a JSON record ({error}). Mend or delete that line, or "
+        f"rerun with --overwrite to start the run afresh."
+      ) from None
+  return entries
+
+
 def read_jsonl(path: pathlib.Path) -> list[dict]:
   """Every record of a JSON-lines file (none when it does not exist yet)."""
   path = pathlib.Path(path)
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line]
+  return [record for _, record in _jsonl_entries(path)]
 
 
 def read_metrics(workdir: pathlib.Path) -> list[dict]:
@@ -140,10 +163,8 @@ def trim_jsonl(path: pathlib.Path, last_epoch: int):
     return
   kept = [
     line
-    for line in path.read_text().splitlines()
-    if line
-    and last_epoch > 0
-    and (json.loads(line).get("phase") == "pretrain" or json.loads(line)["epoch"] <= last_epoch)
+    for line, record in _jsonl_entries(path)
+    if last_epoch > 0 and (record.get("phase") == "pretrain" or record["epoch"] <= last_epoch)
   ]
   write_whole(path, "".join(line + "\n" for line in kept))  # a kill here keeps the old file
 

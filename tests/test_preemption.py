@@ -14,6 +14,7 @@ import pytest
 from small import committed_epochs, saved_params, small_config, without_times, worker_command
 
 from fmnist_jax import checkpoint, parallel, train
+from fmnist_jax.errors import UserError
 
 EPOCHS = 5
 
@@ -174,6 +175,19 @@ def test_a_resume_trims_the_redone_epochs_and_a_kill_mid_trim_loses_nothing(tmp_
   assert checkpoint.read_jsonl(path) == records[:3]
   checkpoint.trim_jsonl(path, last_epoch=0)
   assert checkpoint.read_jsonl(path) == []
+
+
+def test_a_log_line_cut_off_mid_append_is_dropped_and_a_broken_one_named(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  records = [{"epoch": e, "loss": e / 10} for e in (1, 2, 3)]
+  whole = "".join(json.dumps(r) + "\n" for r in records)
+  path.write_text(whole + '{"epoch": 4, "lo')  # a full disk cut the append short
+  assert checkpoint.read_jsonl(path) == records
+  checkpoint.trim_jsonl(path, last_epoch=3)  # the resume from epoch 3 redoes epoch 4
+  assert path.read_text() == whole
+  path.write_text(whole.replace('"loss": 0.2', '"loss": 0.2,,'))  # a hand edit gone wrong
+  with pytest.raises(UserError, match=r"metrics.jsonl, line 2, is not a JSON record.*--overwrite"):
+    checkpoint.read_jsonl(path)
 
 
 def test_overwrite_clears_what_a_killed_write_left_and_keeps_the_users_files(tmp_path):
