@@ -182,11 +182,11 @@ def _summed_test_confusion(results: Mapping[str, Any]) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def save_figure(fig, path: pathlib.Path, dpi: int = FIGURE_DPI):
+def save_figure(fig, path: pathlib.Path):
   """Saves `fig` as a PNG whole or not at all (a kill mid-save leaves the old file), and
   closes it."""
   png = io.BytesIO()
-  fig.savefig(png, format="png", dpi=dpi)
+  fig.savefig(png, format="png", dpi=FIGURE_DPI)
   _pyplot().close(fig)
   checkpoint.write_whole(pathlib.Path(path), png.getvalue())
 

@@ -395,7 +395,7 @@ def _plot(workdir: pathlib.Path, sweep_results: dict, histories: dict):
     ax.legend(fontsize="small")
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  analysis.save_figure(fig, workdir / "sweep.png", dpi=120)
+  analysis.save_figure(fig, workdir / "sweep.png")
 
   curve_metric = metric if not metric.startswith("test/") else "val/" + metric.split("/")[1]
   fig, ax = plt.subplots(figsize=(6, 4))
@@ -418,4 +418,4 @@ def _plot(workdir: pathlib.Path, sweep_results: dict, histories: dict):
   ax.legend(fontsize="x-small")
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  analysis.save_figure(fig, workdir / "sweep_curves.png", dpi=120)
+  analysis.save_figure(fig, workdir / "sweep_curves.png")
