@@ -17,7 +17,12 @@ _POSTFIX_KEYS = {
 
 
 class EpochBar:
-  """tqdm over epochs (loss/accuracy in the postfix, tqdm's ETA) or plain lines with an ETA."""
+  """tqdm over epochs (loss/accuracy in the postfix, tqdm's ETA) or plain lines with an ETA.
+
+  With early stopping (`patience`), the postfix shows `since_best=W/P`: W epochs since the
+  best validation loss of the member nearest its best, so the run stops after P - W more
+  epochs unless one improves; the ETA, to `num_epochs`, is then an upper bound.
+  """
 
   def __init__(
     self,
@@ -26,9 +31,11 @@ class EpochBar:
     *,
     enabled: bool = True,
     desc: str = "train",
+    patience: int | None = None,
     stream=None,
   ):
     self.stream = stream or sys.stderr
+    self.patience = patience
     self.enabled = enabled
     self.num_epochs = num_epochs
     self.interactive = enabled and self.stream.isatty()
@@ -48,6 +55,8 @@ class EpochBar:
 
   def update(self, record: dict):
     postfix = {short: f"{record[key]:.4f}" for key, short in _POSTFIX_KEYS.items() if key in record}
+    if self.patience and "since_best" in record:
+      postfix["since_best"] = f"{record['since_best']}/{self.patience}"
     if record.get("members", 1) > 1:  # metrics are means over the members still training
       postfix["members"] = str(record["members"])
     if self.bar is not None:
@@ -62,7 +71,7 @@ class EpochBar:
       eta = (self.num_epochs - record["epoch"]) * sum(steady) / len(steady)
       print(
         f"epoch {record['epoch']}/{self.num_epochs} {fields} ({seconds:.1f}s, "
-        f"ETA {tqdm.format_interval(eta)})",
+        f"ETA {tqdm.format_interval(eta)}{' at most' if self.patience else ''})",
         file=self.stream,
         flush=True,
       )

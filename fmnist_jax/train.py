@@ -1099,6 +1099,7 @@ def fit(
       start_epoch,
       enabled=show_progress and checkpoint.is_writer(),
       desc=config.model.name,
+      patience=es_config.patience if has_val and es_config.enabled else None,
     )
     saved_epoch = trained_epoch = start_epoch
     summaries = summary.Writer(
@@ -1181,7 +1182,12 @@ def fit(
         if preempted or trained_epoch % config.checkpoint.every_epochs == 0:
           save()
           saved_epoch = trained_epoch
-        bar.update(_mean_record(active_records, num_active=int(active.sum())))
+        shown = _mean_record(active_records, num_active=int(active.sum()))
+        if bar.patience:
+          wait, done = jax.device_get((early.wait, early.stopped | early.diverged))
+          if not done.all():
+            shown["since_best"] = int(wait[~done].min())  # the member that stops last
+        bar.update(shown)
         if preempted:
           raise Preempted(
             f"stopped by SIGTERM (preemption) after epoch {trained_epoch}; its checkpoint is in "

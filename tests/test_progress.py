@@ -22,3 +22,16 @@ def test_disabled_bar_prints_nothing():
   bar = EpochBar(3, enabled=False, stream=stream)
   bar.update({"epoch": 1, "train/loss": 0.5})
   assert stream.getvalue() == ""
+
+
+def test_with_early_stopping_the_line_says_how_near_the_stop_is_and_the_eta_is_a_bound():
+  stream = io.StringIO()
+  bar = EpochBar(100, patience=10, stream=stream)
+  bar.update({"epoch": 1, "val/loss": 0.3, "since_best": 0, "seconds": 3.0})
+  bar.update({"epoch": 2, "val/loss": 0.4, "since_best": 1, "members": 2, "seconds": 2.0})
+  first, second = stream.getvalue().splitlines()
+  assert "since_best=0/10" in first and "since_best=1/10 members=2" in second
+  assert second.endswith("ETA 03:16 at most)")  # 98 epochs at 2 s, unless it stops sooner
+  without = io.StringIO()
+  EpochBar(5, stream=without).update({"epoch": 1, "since_best": 0, "seconds": 1.0})
+  assert "since_best" not in without.getvalue() and "at most" not in without.getvalue()

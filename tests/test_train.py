@@ -181,6 +181,22 @@ def test_early_stopping_restores_the_best_weights(use_small_dataset, tmp_path):
   )
 
 
+def test_the_progress_line_counts_the_epochs_since_the_best(use_small_dataset, tmp_path, capsys):
+  # min_delta so large that only the first epoch improves: 0, 1, 2 epochs since the best.
+  config = small_config(
+    num_seeds=2,
+    **{
+      "early_stopping.enabled": True,
+      "early_stopping.patience": 5,
+      "early_stopping.min_delta": 100.0,
+    },
+  )
+  train.fit(config, tmp_path, show_progress=True)
+  lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+  assert [line.split("since_best=")[1].split()[0] for line in lines] == ["0/5", "1/5", "2/5"]
+  assert all(line.endswith("at most)") for line in lines)
+
+
 @pytest.mark.parametrize("num_seeds", [1, 2])
 def test_weights_are_selected_per_member_only_where_members_can_differ(
   num_seeds, use_small_dataset, tmp_path, monkeypatch
