@@ -507,6 +507,27 @@ def test_a_half_written_checkpoint_is_ignored(run_copy, data_dir):
   assert [json.loads(line)["epoch"] for line in (run_copy / "metrics.jsonl").open()] == [1, 2, 3]
 
 
+def test_a_broken_log_line_is_named_and_one_a_full_disk_cut_short_is_redone(run_copy, data_dir):
+  finished = results_without_times(run_copy)
+  # Killed during epoch 2's save: its checkpoint never committed, so a rerun redoes epoch 2.
+  shutil.rmtree(run_copy / "checkpoints" / "2")
+  (run_copy / "results.json").unlink()
+  args = (*BASE, f"--config.data.dir={data_dir}", f"--workdir={run_copy}")
+  log = run_copy / "metrics.jsonl"
+  first, second = log.read_text().splitlines(keepends=True)
+  log.write_text(first.replace('"epoch": 1,', '"epoch": 1,,', 1) + second)  # a bad hand edit
+  before = snapshot(run_copy)
+  assert_one_clear_error(
+    launch(*args), 2, r"metrics.jsonl, line 1, is not a JSON record", "Mend or delete that line"
+  )
+  assert snapshot(run_copy) == before
+  log.write_text(first + second[:30])  # a full disk cut epoch 2's line short
+  result = launch(*args)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert [json.loads(line)["epoch"] for line in log.open()] == [1, 2]
+  assert results_without_times(run_copy) == finished
+
+
 def test_a_workdir_of_another_config_is_refused_unless_overwrite(run_copy, data_dir):
   before = snapshot(run_copy)
   (run_copy / "notes.txt").write_text("mine")
