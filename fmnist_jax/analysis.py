@@ -14,7 +14,8 @@ Several runs (and ensembles) side by side, as the deck compared them:
   python -m fmnist_jax.analysis runs/mlp_1hidden runs/mlp_2hidden runs/mlp_ensemble \\
     --out=runs/b_mlps
 
-writes per_class_f1.png (one bar per run and class) and per_class_f1.md there.
+writes per_class_f1.png (one bar per run and class), per_class_f1.md and, for the runs
+trained with a validation split, learning_curves.png (their validation curves) there.
 Everything here is host-side NumPy and matplotlib over results already computed.
 """
 
@@ -414,12 +415,55 @@ def per_class_f1_of(workdir: pathlib.Path) -> tuple[str, dict]:
   return f"{workdir.name} ({count} seed{'s' if count > 1 else ''})", f1
 
 
-def compare(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path) -> str:
-  """per_class_f1.png and per_class_f1.md comparing the runs; returns the markdown."""
+def plot_compared_curves(histories: Mapping[str, Mapping[int, Mapping[str, list]]], path):
+  """Validation loss and accuracy per epoch of several runs: a color per run, a thin line
+  per member, each run's best validation loss ringed."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for index, (name, history) in enumerate(histories.items()):
+    color = colors[index % len(colors)]
+    for member, curves in sorted(history.items()):
+      for ax, metric in zip(axes, ("val/loss", "val/accuracy"), strict=True):
+        values = curves.get(metric, [])
+        label = name if member == min(history) else None
+        ax.plot(np.arange(1, len(values) + 1), values, color=color, alpha=0.7, label=label)
+      losses = curves.get("val/loss", [])
+      if losses:
+        best = int(np.argmin(losses))
+        axes[0].scatter(best + 1, losses[best], s=36, facecolors="none", edgecolors=color)
+  for ax, metric in zip(axes, ("validation loss", "validation accuracy"), strict=True):
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+  axes[1].legend(fontsize="small")
+  fig.suptitle("validation curves (rings: each member's best epoch)", fontsize=10)
+  fig.tight_layout()
+  save_figure(fig, path)
+
+
+def compare(
+  workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path
+) -> tuple[str, list[str]]:
+  """per_class_f1.png and per_class_f1.md comparing the runs, and learning_curves.png with
+  the validation curves of those that trained with a validation split (not ensembles);
+  returns the markdown and the names of the files written."""
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   per_model = dict(per_class_f1_of(pathlib.Path(workdir)) for workdir in workdirs)
   plot_per_class_f1(per_model, out / "per_class_f1.png", "test F1 per class (mean +- std)")
+  histories = {
+    name: read_history(workdir) for name, workdir in zip(per_model, workdirs, strict=True)
+  }
+  with_validation = {
+    name: history
+    for name, history in histories.items()
+    if any("val/loss" in curves for curves in history.values())
+  }
+  written = ["per_class_f1.png", "per_class_f1.md"]
+  if with_validation:
+    plot_compared_curves(with_validation, out / "learning_curves.png")
+    written.append("learning_curves.png")
   header = ["class", *per_model]
   rows = [
     (name, *(metrics.format_stat({k: v[i] for k, v in f1.items()}) for f1 in per_model.values()))
@@ -429,7 +473,7 @@ def compare(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path) -> 
     ["Test F1 per class, mean +- std over seeds.", "", *_markdown_table(header, rows)]
   )
   checkpoint.write_whole(out / "per_class_f1.md", text + "\n")
-  return text
+  return text, written
 
 
 def main(argv: list[str]) -> int:
@@ -440,12 +484,12 @@ def main(argv: list[str]) -> int:
   parser.add_argument("--out", required=True, help="directory for the comparison")
   args = parser.parse_args(argv)
   try:
-    text = compare(args.workdirs, args.out)
+    text, written = compare(args.workdirs, args.out)
   except (FileNotFoundError, KeyError) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
   print(text)
-  print(f"\nWrote {args.out}/per_class_f1.png and per_class_f1.md")
+  print(f"\nWrote {', '.join(written)} in {args.out}")
   return 0
 
 

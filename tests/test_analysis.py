@@ -156,7 +156,9 @@ def test_compare_writes_a_per_class_chart_and_table(use_small_dataset, tmp_path)
       tmp_path / name,
       show_progress=False,
     )
-  text = analysis.compare([tmp_path / "small", tmp_path / "wide"], tmp_path / "out")
-  assert (tmp_path / "out" / "per_class_f1.png").read_bytes().startswith(b"\x89PNG")
+  text, written = analysis.compare([tmp_path / "small", tmp_path / "wide"], tmp_path / "out")
+  assert written == ["per_class_f1.png", "per_class_f1.md", "learning_curves.png"]
+  for name in ("per_class_f1.png", "learning_curves.png"):
+    assert (tmp_path / "out" / name).read_bytes().startswith(b"\x89PNG")
   assert "| Trouser |" in text and "| class | small (1 seed) | wide (1 seed) |" in text
   assert analysis.main([str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
