@@ -4,6 +4,7 @@ Updated once per epoch from metrics the loop already fetched, so it adds no
 device round trip and no measurable time.
 """
 
+import os
 import sys
 
 from tqdm.auto import tqdm
@@ -14,6 +15,15 @@ _POSTFIX_KEYS = {
   "val/loss": "val_loss",
   "val/accuracy": "val_acc",
 }
+
+
+def _has_size(stream) -> bool:
+  """Whether the terminal `stream` writes to reports a size (tqdm draws nothing in a 0x0 one)."""
+  try:
+    size = os.get_terminal_size(stream.fileno())
+  except (AttributeError, OSError, ValueError):
+    return False
+  return size.columns > 0 and size.lines > 0
 
 
 class EpochBar:
@@ -38,7 +48,9 @@ class EpochBar:
     self.patience = patience
     self.enabled = enabled
     self.num_epochs = num_epochs
-    self.interactive = enabled and self.stream.isatty()
+    # A terminal without a size (a pty opened without one: some containers and CI runners)
+    # would show tqdm's bar as an empty line: plain lines there.
+    self.interactive = enabled and self.stream.isatty() and _has_size(self.stream)
     self.epoch_seconds = []
     self.bar = (
       tqdm(

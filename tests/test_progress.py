@@ -1,6 +1,10 @@
 """The progress display: one plain line per epoch with an ETA when output is not a terminal."""
 
+import fcntl
 import io
+import os
+import struct
+import termios
 
 from fmnist_jax.progress import EpochBar
 
@@ -35,3 +39,15 @@ def test_with_early_stopping_the_line_says_how_near_the_stop_is_and_the_eta_is_a
   without = io.StringIO()
   EpochBar(5, stream=without).update({"epoch": 1, "since_best": 0, "seconds": 1.0})
   assert "since_best" not in without.getvalue() and "at most" not in without.getvalue()
+
+
+def test_a_terminal_without_a_size_gets_plain_lines_not_an_invisible_bar():
+  parent, child = os.openpty()  # a new pty reports 0 rows x 0 columns, as some containers do
+  with os.fdopen(child, "w") as terminal:
+    assert terminal.isatty() and os.get_terminal_size(child) == (0, 0)
+    assert not EpochBar(3, stream=terminal).interactive  # tqdm would draw nothing there
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    bar = EpochBar(3, stream=terminal)
+    assert bar.interactive
+    bar.close()
+  os.close(parent)
