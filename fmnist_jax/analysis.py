@@ -432,7 +432,21 @@ def plot_compared_curves(histories: Mapping[str, Mapping[int, Mapping[str, list]
       if losses:
         best = int(np.argmin(losses))
         axes[0].scatter(best + 1, losses[best], s=36, facecolors="none", edgecolors=color)
-  for ax, metric in zip(axes, ("validation loss", "validation accuracy"), strict=True):
+  for ax, key, metric in zip(
+    axes, ("val/loss", "val/accuracy"), ("validation loss", "validation accuracy"), strict=True
+  ):
+    # The first epochs' values would squeeze the part worth comparing into a sliver: the
+    # axis spans the epochs after the first tenth (the first epoch at least) of each run.
+    settled = [
+      value
+      for history in histories.values()
+      for curves in history.values()
+      for value in curves.get(key, [])[max(1, len(curves.get(key, [])) // 10) :]
+    ]
+    if len(settled) > 1:
+      low, high = min(settled), max(settled)
+      pad = 0.1 * (high - low) or 0.01
+      ax.set_ylim(low - pad, high + pad)
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
