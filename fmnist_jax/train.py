@@ -1183,7 +1183,7 @@ def fit(
           save()
           saved_epoch = trained_epoch
         shown = _mean_record(active_records, num_active=int(active.sum()))
-        if bar.patience:
+        if bar.enabled and bar.patience:  # (nothing to fetch for a hidden bar)
           wait, done = jax.device_get((early.wait, early.stopped | early.diverged))
           if not done.all():
             shown["since_best"] = int(wait[~done].min())  # the member that stops last
