@@ -400,8 +400,9 @@ def write_ensemble_outputs(workdir: pathlib.Path, name: str, result: Mapping[str
 # ---------------------------------------------------------------------------
 
 
-def per_class_f1_of(workdir: pathlib.Path) -> tuple[str, dict]:
-  """("name (N seeds)", {"mean", "std"} per-class test F1) of a run or an ensemble workdir."""
+def per_class_f1_of(workdir: pathlib.Path, label: str | None = None) -> tuple[str, dict]:
+  """("label (N seeds)", {"mean", "std"} per-class test F1) of a run or an ensemble workdir;
+  the label is the workdir's name unless given."""
   results_path = workdir / "results.json"
   if not results_path.exists():
     raise FileNotFoundError(
@@ -412,7 +413,16 @@ def per_class_f1_of(workdir: pathlib.Path) -> tuple[str, dict]:
     count, f1 = len(results["pairs"]), results["ensemble_summary"]["test"]["f1"]
   else:
     count, f1 = len(results["members"]), results["summary"]["test"]["f1"]
-  return f"{workdir.name} ({count} seed{'s' if count > 1 else ''})", f1
+  return f"{label or workdir.name} ({count} seed{'s' if count > 1 else ''})", f1
+
+
+def _run_labels(workdirs: Sequence[str | pathlib.Path]) -> list[str]:
+  """Each workdir's name, or its path as given where two workdirs share a name."""
+  names = [pathlib.Path(workdir).name for workdir in workdirs]
+  return [
+    str(workdir) if names.count(name) > 1 else name
+    for workdir, name in zip(workdirs, names, strict=True)
+  ]
 
 
 def plot_compared_curves(histories: Mapping[str, Mapping[int, Mapping[str, list]]], path):
@@ -464,7 +474,10 @@ def compare(
   returns the markdown and the names of the files written."""
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  per_model = dict(per_class_f1_of(pathlib.Path(workdir)) for workdir in workdirs)
+  per_model = dict(
+    per_class_f1_of(pathlib.Path(workdir), label)
+    for workdir, label in zip(workdirs, _run_labels(workdirs), strict=True)
+  )
   plot_per_class_f1(per_model, out / "per_class_f1.png", "test F1 per class (mean +- std)")
   histories = {
     name: read_history(workdir) for name, workdir in zip(per_model, workdirs, strict=True)

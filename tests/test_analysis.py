@@ -1,6 +1,7 @@
 """Error analysis: confused pairs and patience against hand computations, and the run figures."""
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -161,4 +162,10 @@ def test_compare_writes_a_per_class_chart_and_table(use_small_dataset, tmp_path)
   for name in ("per_class_f1.png", "learning_curves.png"):
     assert (tmp_path / "out" / name).read_bytes().startswith(b"\x89PNG")
   assert "| Trouser |" in text and "| class | small (1 seed) | wide (1 seed) |" in text
+  # Two runs of one name in different directories stay two columns and two curves.
+  shutil.copytree(tmp_path / "wide", tmp_path / "other" / "small")
+  text, _ = analysis.compare([tmp_path / "small", tmp_path / "other" / "small"], tmp_path / "o2")
+  assert (
+    f"| class | {tmp_path / 'small'} (1 seed) | {tmp_path / 'other' / 'small'} (1 seed) |" in text
+  )
   assert analysis.main([str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
