@@ -240,8 +240,13 @@ RUN_OUTPUTS = (
   "sweep.md",
   "sweep.csv",
 )
-# What a killed `write_whole` leaves of them.
-PARTIAL_RUN_OUTPUTS = frozenset(partial_path(pathlib.Path(name)).name for name in RUN_OUTPUTS)
+
+
+def _is_run_output(name: str) -> bool:
+  """A file a run writes (RUN_OUTPUTS, its PNGs), or what a killed `write_whole` left of one."""
+  if name.startswith(".") and name.endswith(".partial"):  # partial_path's form
+    name = name[1 : -len(".partial")]
+  return name in RUN_OUTPUTS or name.endswith(".png")
 
 
 class WorkdirLock:
@@ -297,13 +302,7 @@ def clear(workdir: pathlib.Path) -> list[str]:
   try:
     for entry in sorted(workdir.iterdir()):
       program = entry.is_dir() and (entry / "config.json").exists()
-      own = (
-        entry.name in RUN_OUTPUTS
-        or entry.name in PARTIAL_RUN_OUTPUTS
-        or entry.suffix == ".png"
-        or (entry.name.startswith(".") and entry.name.endswith(".png.partial"))
-      )
-      if own or program:
+      if _is_run_output(entry.name) or program:
         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         removed.append(entry.name)
   finally:

@@ -297,7 +297,6 @@ def write_outputs(workdir: pathlib.Path, sweep_results: dict, histories: dict):
     return
   workdir.mkdir(parents=True, exist_ok=True)
   keys, rows = sweep_results["swept"], sweep_results["rows"]
-  # Whole or not at all: `fmnist_jax.report` reads it from any workdir it finds.
   checkpoint.write_whole(
     workdir / "sweep.json", json.dumps(sweep_results, indent=2, default=str) + "\n"
   )

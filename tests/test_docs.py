@@ -24,9 +24,7 @@ def _commands(text: str) -> list[str]:
   """The `--config=configs/...` commands of a doc: code lines (backslash continuations
   joined) and inline code spans; optional `[--flag]` parts dropped, `# comments` cut."""
   joined = re.sub(r"\\\n\s*", " ", text)
-  found = []
-  for span in re.findall(r"`([^`\n]*--config=configs/[^`\n]*)`", joined):
-    found.append(span)
+  found = re.findall(r"`([^`\n]*--config=configs/[^`\n]*)`", joined)
   for line in joined.splitlines():
     if "launch.py --config=configs/" in line and "`" not in line:
       found.append(line.split("launch.py", 1)[1])
