@@ -21,7 +21,8 @@ repeats of each run's median epoch after the first; min-max), the first epoch's
 seconds (compilation included), the whole process's wall, test accuracy after
 those epochs (mean over the seeds; min-max), the ratio to fmnist_jax and the fraction of the
 roofline (training FLOPs per image from XLA's cost analysis x images/s, over
-`--peak_gflops`). Writes compare.md, compare.json and compare.png to `--out`.
+`--peak_gflops`). Writes compare.md, compare.json and compare.png to `--out`
+after every run, so an interrupted comparison keeps the runs it finished.
 
 Each implementation runs in the environment compare was started in: fmnist_jax
 with the XLA flags it sets itself (`fmnist_jax.platform`), Keras on JAX with
@@ -308,6 +309,11 @@ def markdown(table: dict, meta: dict) -> str:
     f"compile excluded; first epoch includes compilation; test accuracy: mean over the "
     f"runs' seeds 0-{meta['repeats'] - 1} (min-max). {meta['machine']}.",
   ]
+  if meta["runs_done"] < meta["runs_planned"]:
+    lines.append(
+      f"\n**Partial:** {meta['runs_done']} of the {meta['runs_planned']} runs finished "
+      f"(still running, or interrupted); the medians are over those."
+    )
   for name, rows in table.items():
     spec = meta["specs"][name]
     lines += [
@@ -344,7 +350,8 @@ def markdown(table: dict, meta: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def plot(table: dict, path: pathlib.Path):
+def plot(table: dict):
+  """A bar chart of images/s per model (min-max as error bars), fmnist_jax in blue."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -371,8 +378,33 @@ def plot(table: dict, path: pathlib.Path):
       matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1e3:g}k" if x >= 1e4 else f"{x:g}")
     )
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  return fig
+
+
+def write_outputs(out: pathlib.Path, runs: dict, meta: dict, peak_gflops: float) -> str:
+  """compare.json, compare.md and compare.png from the runs finished so far, each written
+  whole, so that an interrupted comparison keeps every run it finished. Returns the Markdown."""
+  from fmnist_jax import analysis, checkpoint
+
+  table = {
+    name: {
+      impl: summarize(impl_runs, meta["flops"][name], peak_gflops)
+      for impl, impl_runs in by_impl.items()
+      if impl_runs
+    }
+    for name, by_impl in runs.items()
+  }
+  table = {name: rows for name, rows in table.items() if rows}
+  done = sum(len(impl_runs) for by_impl in runs.values() for impl_runs in by_impl.values())
+  meta = meta | {"runs_done": done}
+  text = markdown(table, meta)
+  checkpoint.write_whole(
+    out / "compare.json", json.dumps({"meta": meta, "table": table, "runs": runs}, indent=2)
+  )
+  checkpoint.write_whole(out / "compare.md", text)
+  if table:
+    analysis.save_figure(plot(table), out / "compare.png")
+  return text
 
 
 def main(argv):
@@ -383,46 +415,49 @@ def main(argv):
     raise app.UsageError(f"--peers: unknown {unknown}; choose from {', '.join(IMPLEMENTATIONS)}.")
   runs = {name: {impl: [] for impl in implementations} for name in _MODELS.value}
   specs, flops, data_paths = {}, {}, {}
+  out = pathlib.Path(_OUT.value)
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
     for name in _MODELS.value:  # every spec and data file first: a mistake shows before any timing
       specs[name], flops[name] = spec_for(name)
       (tmp / f"{name}.json").write_text(json.dumps(specs[name]))
       data_paths[name] = write_data(name, specs[name], tmp)
-    out = pathlib.Path(_OUT.value)
     out.mkdir(parents=True, exist_ok=True)
     peak_gflops = _PEAK_GFLOPS.value or measure_peak_gflops()
-    for name in _MODELS.value:
-      for repeat in range(_REPEATS.value):
-        for implementation in repeat_order(implementations, repeat):
-          result = run_one(implementation, tmp / f"{name}.json", data_paths[name], seed=repeat)
-          runs[name][implementation].append(result)
-          shown = result.get("images_per_s")
-          print(
-            f"{name} repeat {repeat + 1} {implementation}: "
-            + (f"{shown:,.0f} images/s" if shown else f"failed: {result['error']}"),
-            flush=True,
-          )
-  table = {
-    name: {impl: summarize(r, flops[name], peak_gflops) for impl, r in by_impl.items()}
-    for name, by_impl in runs.items()
-  }
-  meta = {
-    "repeats": _REPEATS.value,
-    "machine": (
-      f"{_accelerator()}, {os.cpu_count()} CPU cores, fp32 peak {peak_gflops:,.0f} GFLOP/s "
-      + ("(given)" if _PEAK_GFLOPS.value else "(measured: 2048x2048 matmul)")
-    ),
-    "specs": {name: table_spec(spec) for name, spec in specs.items()},
-    "flops": flops,
-  }
-  (out / "compare.json").write_text(
-    json.dumps({"meta": meta, "table": table, "runs": runs}, indent=2)
-  )
-  (out / "compare.md").write_text(markdown(table, meta))
-  plot(table, out / "compare.png")
-  print(markdown(table, meta))
+    meta = {
+      "repeats": _REPEATS.value,
+      "runs_planned": len(_MODELS.value) * _REPEATS.value * len(implementations),
+      "machine": (
+        f"{_accelerator()}, {os.cpu_count()} CPU cores, fp32 peak {peak_gflops:,.0f} GFLOP/s "
+        + ("(given)" if _PEAK_GFLOPS.value else "(measured: 2048x2048 matmul)")
+      ),
+      "specs": {name: table_spec(spec) for name, spec in specs.items()},
+      "flops": flops,
+    }
+    try:
+      for name in _MODELS.value:
+        for repeat in range(_REPEATS.value):
+          for implementation in repeat_order(implementations, repeat):
+            result = run_one(implementation, tmp / f"{name}.json", data_paths[name], seed=repeat)
+            runs[name][implementation].append(result)
+            text = write_outputs(out, runs, meta, peak_gflops)
+            shown = result.get("images_per_s")
+            print(
+              f"{name} repeat {repeat + 1} {implementation}: "
+              + (f"{shown:,.0f} images/s" if shown else f"failed: {result['error']}"),
+              flush=True,
+            )
+    except KeyboardInterrupt:
+      done = sum(len(r) for by_impl in runs.values() for r in by_impl.values())
+      print(
+        f"\nInterrupted: {out}/compare.md, compare.json and compare.png hold the {done} of "
+        f"{meta['runs_planned']} runs that finished.",
+        file=sys.stderr,
+      )
+      return 130
+  print(text)
   print(f"Wrote {out}/compare.md, compare.json and compare.png.")
+  return 0
 
 
 if __name__ == "__main__":

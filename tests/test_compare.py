@@ -6,6 +6,7 @@ not run here; fmnist_jax's own peer program and the runner's table are.
 
 import json
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -53,7 +54,9 @@ def test_compare_times_and_scores_fmnist_jax(real_data_dir, tmp_path):
   accuracies = [run["test_accuracy"] for run in runs]
   assert abs(row["test_accuracy"] - sum(accuracies) / 2) < 1e-12  # the mean over the seeds
   assert row["test_accuracy_min"] == min(accuracies)
-  assert (tmp_path / "compare.md").read_text().count("fmnist_jax") >= 1
+  markdown = (tmp_path / "compare.md").read_text()
+  assert markdown.count("fmnist_jax") >= 1 and "Partial" not in markdown
+  assert result["meta"]["runs_done"] == result["meta"]["runs_planned"] == 2
   assert (tmp_path / "compare.png").stat().st_size > 0
 
 
@@ -86,6 +89,31 @@ def test_peers_run_with_the_users_xla_flags_unless_named_for_fmnist_jaxs():
   tuned = envs["keras_jax_xla_flags"].split()
   assert tuned[0] == "--xla_dump_to=/tmp/xla_dump" and set(platform.CPU_FLAGS) <= set(tuned)
   assert "keras_jax_xla_flags" not in envs["defaults"] and "keras_jax" in envs["defaults"]
+
+
+def test_an_interrupted_comparison_keeps_the_runs_it_finished(real_data_dir, tmp_path):
+  command = [sys.executable, "-m", "benchmarks.compare", "--models=mlp_baseline"]
+  command += ["--peers=fmnist_jax", "--repeats=3", "--num_examples=2000", "--epochs=2"]
+  command += ["--peak_gflops=100", "--nowait_quiet", f"--out={tmp_path}"]
+  process = subprocess.Popen(
+    command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
+  try:
+    first = process.stdout.readline()  # printed once the first run's outputs are written
+    assert first.startswith("mlp_baseline repeat 1 fmnist_jax:"), process.stderr.read()[-3000:]
+    process.send_signal(signal.SIGINT)  # during the second run: Ctrl-C an hour in
+    _, stderr = process.communicate(timeout=120)
+  finally:
+    process.kill()
+  assert process.returncode == 130, stderr[-3000:]
+  assert "Traceback" not in stderr
+  assert "compare.json and compare.png hold the 1 of 3 runs that finished" in stderr
+  result = json.loads((tmp_path / "compare.json").read_text())
+  assert len(result["runs"]["mlp_baseline"]["fmnist_jax"]) == 1
+  assert result["table"]["mlp_baseline"]["fmnist_jax"]["runs"] == 1
+  assert "**Partial:** 1 of the 3 runs finished" in (tmp_path / "compare.md").read_text()
+  assert (tmp_path / "compare.png").stat().st_size > 0
+  assert not list(tmp_path.glob(".*.partial"))
 
 
 def test_an_unknown_peer_is_named_before_anything_runs(tmp_path):
@@ -134,7 +162,8 @@ for num_examples, epochs in ((6400, 3), (59904, 2)):
   spec = {"model": {"batch_norm": True}, "num_examples": num_examples, "epochs": epochs,
           "batch_size": 128, "num_params": 1}
   specs = {"resnet": compare.table_spec(spec)}
-  meta = {"repeats": 3, "machine": "CPU", "specs": specs, "flops": {"resnet": 1e8}}
+  meta = {"repeats": 3, "machine": "CPU", "specs": specs, "flops": {"resnet": 1e8},
+          "runs_done": 3, "runs_planned": 3}
   tables[num_examples] = compare.markdown({"resnet": {"fmnist_jax": row}}, meta)
 mlp = {"model": {"name": "mlp"}, "num_examples": 128, "epochs": 1, "batch_size": 128}
 print(json.dumps({"tables": tables, "mlp_settled": compare.accuracy_settled(mlp)}))
