@@ -57,6 +57,27 @@ def load_config(name: str, argument: str | None = None):
   return module.get_config(argument) if argument else module.get_config()
 
 
+def _keys_beside(argv, override: str) -> str:
+  """'config.optimizer has: b1, ..., name' for an unknown `--config.optimizer.lr`: the keys
+  of the deepest section of the override that the config file has ("" if it cannot load)."""
+  import importlib.util
+
+  path, _, argument = (_config_flag(argv) or "").partition(":")
+  try:
+    spec = importlib.util.spec_from_file_location("_config_file", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    section = module.get_config(argument) if argument else module.get_config()
+  except Exception:  # the load error itself is reported by the caller's path
+    return ""
+  name = "config"
+  for part in override.removeprefix("--config.").split(".")[:-1]:
+    if not hasattr(section.get(part), "keys"):
+      break
+    section, name = section[part], f"{name}.{part}"
+  return f"{name} has: {', '.join(sorted(section.keys()))}"
+
+
 def parse_flags(argv):
   """FLAGS(argv), with user mistakes reported in one line (a traceback with --debug)."""
   if "--debug" in argv:
@@ -99,7 +120,11 @@ def parse_flags(argv):
         f"the model section of {path} lists the keys it declares; the model's "
         f"arguments are those of its class in fmnist_jax/models.py"
       )
-    hint = f": did you mean {suggestion[1]!r}? " if suggestion else f" ({text}); "
+    if suggestion:
+      hint = f": did you mean {suggestion[1]!r}? "
+    else:  # nothing close: name what the section does have
+      beside = _keys_beside(argv, keys[0]) if len(keys) == 1 else ""
+      hint = f" ({text}); {beside + '; ' if beside else ''}"
     fail(f"unknown config key in {' '.join(keys)}{hint}{where}")
   except (TypeError, ValueError) as error:
     fail(f"bad config override: {error}; configs/base.py lists every key and its type")

@@ -162,6 +162,11 @@ MISTAKES = {
   "unknown config key": Mistake(
     ("--config.optimizer.learnin_rate=1",), "unknown config key", "did you mean 'learning_rate'"
   ),
+  "unknown config key, nothing close": Mistake(
+    ("--config.optimizer.lr=0.1",),
+    r"unknown config key in --config.optimizer.lr \(lr\)",
+    "config.optimizer has: .*learning_rate.*momentum",
+  ),
   "unknown config section": Mistake(
     ("--config.optimiser.learning_rate=0.1",),
     "unknown config key in --config.optimiser.learning_rate",
