@@ -381,6 +381,10 @@ def plot(table: dict):
   return fig
 
 
+def _runs_done(runs: dict) -> int:
+  return sum(len(impl_runs) for by_impl in runs.values() for impl_runs in by_impl.values())
+
+
 def write_outputs(out: pathlib.Path, runs: dict, meta: dict, peak_gflops: float) -> str:
   """compare.json, compare.md and compare.png from the runs finished so far, each written
   whole, so that an interrupted comparison keeps every run it finished. Returns the Markdown."""
@@ -395,8 +399,7 @@ def write_outputs(out: pathlib.Path, runs: dict, meta: dict, peak_gflops: float)
     for name, by_impl in runs.items()
   }
   table = {name: rows for name, rows in table.items() if rows}
-  done = sum(len(impl_runs) for by_impl in runs.values() for impl_runs in by_impl.values())
-  meta = meta | {"runs_done": done}
+  meta = meta | {"runs_done": _runs_done(runs)}
   text = markdown(table, meta)
   checkpoint.write_whole(
     out / "compare.json", json.dumps({"meta": meta, "table": table, "runs": runs}, indent=2)
@@ -448,12 +451,14 @@ def main(argv):
               flush=True,
             )
     except KeyboardInterrupt:
-      done = sum(len(r) for by_impl in runs.values() for r in by_impl.values())
-      print(
-        f"\nInterrupted: {out}/compare.md, compare.json and compare.png hold the {done} of "
-        f"{meta['runs_planned']} runs that finished.",
-        file=sys.stderr,
+      done = _runs_done(runs)
+      kept = (
+        f"{out}/compare.md, compare.json and compare.png hold the {done} of "
+        f"{meta['runs_planned']} runs that finished"
+        if done
+        else "no run had finished; nothing written"
       )
+      print(f"\nInterrupted: {kept}.", file=sys.stderr)
       return 130
   print(text)
   print(f"Wrote {out}/compare.md, compare.json and compare.png.")
