@@ -132,6 +132,13 @@ def find_workdirs(root: pathlib.Path) -> tuple[list, list, list, list]:
   return runs, ensembles, sweeps, unfinished
 
 
+def _shown(workdir: pathlib.Path, root: pathlib.Path) -> str:
+  """A workdir as the report names it: its path under `root` (runs/b6/seed0/cnn and
+  runs/b6/seed1/cnn are told apart), or its name when it is `root` itself."""
+  relative = workdir.relative_to(root)
+  return str(relative) if relative.parts else workdir.name
+
+
 def pool_runs(runs, configs) -> list[Experiment]:
   experiments: dict[str, Experiment] = {}
   for workdir, results in runs:
@@ -172,7 +179,7 @@ def _min_max(values: Sequence[float]) -> str:
   return f"{min(values):.4f}-{max(values):.4f}" if len(values) > 1 else ""
 
 
-def results_rows(experiments: list[Experiment]) -> list[list[str]]:
+def results_rows(experiments: list[Experiment], root: pathlib.Path) -> list[list[str]]:
   rows = []
   for e in experiments:
     members = list(e.members.values())
@@ -197,7 +204,7 @@ def results_rows(experiments: list[Experiment]) -> list[list[str]]:
         "" if reported is None else f"{reported:.4f}",
         "" if reported is None else f"{mean_test - reported:+.4f}",
         duration(e.train_seconds) + (" (wall)" if e.timed_by_wall else ""),
-        ", ".join(w.name for w in e.workdirs),
+        ", ".join(_shown(w, root) for w in e.workdirs),
       ]
     )
   return rows
@@ -284,7 +291,7 @@ def pool_ensembles(ensembles, configs, root: pathlib.Path) -> list[EnsembleGroup
   )
 
 
-def ensemble_rows(groups: list[EnsembleGroup]) -> list[list[str]]:
+def ensemble_rows(groups: list[EnsembleGroup], root: pathlib.Path) -> list[list[str]]:
   rows = []
   for group in groups:
     scores = list(group.scores.values())
@@ -301,7 +308,7 @@ def ensemble_rows(groups: list[EnsembleGroup]) -> list[list[str]]:
         mean_std([score["test"]["f1_macro"] for score in scores]),
         "" if reported is None else f"{reported:.4f}",
         "" if reported is None else f"{mean_test - reported:+.4f}",
-        ", ".join(w.name for w in group.workdirs),
+        ", ".join(_shown(w, root) for w in group.workdirs),
       ]
     )
   return rows
@@ -327,7 +334,7 @@ def sweep_rows(sweeps, root: pathlib.Path) -> list[list[str]]:
     point = best.get("point") or best.get("label") or best
     rows.append(
       [
-        str(workdir.relative_to(root)),
+        _shown(workdir, root),
         ", ".join(result.get("swept", [])),
         str(len(result.get("rows", []))),
         result.get("metric", ""),
@@ -360,7 +367,7 @@ def unfinished_rows(unfinished, configs, root: pathlib.Path) -> list[list[str]]:
     accuracy = f"{mean_val[max(mean_val)]:.4f} / {max(mean_val.values()):.4f}" if mean_val else "-"
     rows.append(
       [
-        str(workdir.relative_to(root)),
+        _shown(workdir, root),
         _label(name, overrides, "?"),
         f"{done} of {saved.get('num_epochs', '?')}",
         accuracy,
@@ -420,8 +427,8 @@ def build(root: pathlib.Path, out: pathlib.Path) -> tuple[str, str]:
   configs = known_configs()
   runs, ensembles, sweeps, unfinished = find_workdirs(root)
   experiments = pool_runs(runs, configs)
-  results = results_rows(experiments)
-  ensemble_table = ensemble_rows(pool_ensembles(ensembles, configs, root))
+  results = results_rows(experiments, root)
+  ensemble_table = ensemble_rows(pool_ensembles(ensembles, configs, root), root)
   sweep_table = sweep_rows(sweeps, root)
   unfinished_table = unfinished_rows(unfinished, configs, root)
   stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -472,7 +479,7 @@ def build(root: pathlib.Path, out: pathlib.Path) -> tuple[str, str]:
   doc.append("<h2>Runs</h2>")
   for e in experiments:
     for workdir in e.workdirs:
-      title = f"{workdir.name}: {e.label}"
+      title = f"{_shown(workdir, root)}: {e.label}"
       members = [m for m in e.members.values()]
       detail = f"{e.num_params:,} params; {e.protocol}" if e.num_params else e.protocol
       md += [f"### {title}", "", detail, ""]
@@ -494,11 +501,10 @@ def build(root: pathlib.Path, out: pathlib.Path) -> tuple[str, str]:
     ]
     figures = [(p, t) for p, t in figures if p.exists()]
     if figures:
-      md += (
-        [f"### {workdir.name}", ""] + [f"![{t}]({_relative(p, out)})" for p, t in figures] + [""]
-      )
+      shown = _shown(workdir, root)
+      md += [f"### {shown}", ""] + [f"![{t}]({_relative(p, out)})" for p, t in figures] + [""]
       doc.append(
-        f"<details><summary>{html.escape(workdir.name)}</summary>"
+        f"<details><summary>{html.escape(shown)}</summary>"
         + "".join(_image_tag(p, t) for p, t in figures)
         + "</details>"
       )

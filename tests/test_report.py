@@ -75,6 +75,21 @@ def test_runs_of_one_config_pool_over_seeds_beside_the_reported_number(runs_dir,
   assert "![Test confusion matrix](../runs/cnn/confusion.png)" in markdown
 
 
+def test_runs_of_one_name_in_different_directories_are_named_by_their_paths(tmp_path):
+  root = tmp_path / "runs"
+  resnet = cli.load_config("resnet")
+  write_run(root / "b6" / "seed0" / "resnet", resnet, {0: 0.9345}, figure=b"\x89PNG fake")
+  resnet.seed, resnet.num_seeds = 1, 2
+  write_run(root / "b6" / "seed1" / "resnet", resnet, {1: 0.9324, 2: 0.9318}, figure=b"\x89PNG")
+  markdown, _ = report.build(root, tmp_path / "out")
+  cells = row_of(markdown, "resnet")
+  assert cells[2] == "0, 1, 2" and cells[10] == "b6/seed0/resnet, b6/seed1/resnet"
+  assert "### b6/seed0/resnet: resnet" in markdown and "### b6/seed1/resnet: resnet" in markdown
+  # A report on one run's own workdir names it by its name.
+  markdown, _ = report.build(root / "b6" / "seed0" / "resnet", tmp_path / "out")
+  assert row_of(markdown, "resnet")[10] == "resnet" and "### resnet: resnet" in markdown
+
+
 def test_unfinished_runs_are_listed_with_their_progress(runs_dir, tmp_path):
   cnn = cli.load_config("cnn")
   cnn.num_seeds = 2
