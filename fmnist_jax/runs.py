@@ -11,7 +11,9 @@ whose file or data no longer match its results, is restored and predicted again.
 
 scores the ensemble of every member of the given workdirs (B3: two MLPs; B6:
 two CNNs) next to each member, with each rule of `fmnist_jax.ensemble`, on the
-splits the runs share, and writes ensemble.json into --out.
+splits the runs share, and writes ensemble.json into --out. With --paired it
+scores the studies' ensembles instead, as the ensemble configs do: member m of
+every run together (runs trained with the same seeds), mean +- std over m.
 """
 
 import dataclasses
@@ -333,14 +335,24 @@ def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(prog="python -m fmnist_jax.runs", description=__doc__)
   parser.add_argument("workdirs", nargs="+", help="run directories whose members to combine")
   parser.add_argument("--out", help="directory for ensemble.json (default: none)")
+  parser.add_argument(
+    "--paired",
+    action="store_true",
+    help="one ensemble per seed index (member m of every run), mean +- std over them",
+  )
   args = parser.parse_args(argv)
   try:
-    result = evaluate_ensemble(args.workdirs)
+    result = (evaluate_paired if args.paired else evaluate_ensemble)(args.workdirs)
   except UserError as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
-  print(ensemble.format_report(result, result["member_names"]))
-  print(f"\nensemble (softmax_sum) minus the best member, test accuracy: {result['gain']:+.4f}")
+  if args.paired:
+    names = " + ".join(pathlib.Path(workdir).name for workdir in args.workdirs)
+    print(format_paired(result, f"Ensembles of {names}, seed by seed"))
+  else:
+    print(ensemble.format_report(result, result["member_names"]))
+    gain = result["gain"]
+    print(f"\nensemble (softmax_sum) minus the best member, test accuracy: {gain:+.4f}")
   if args.out:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

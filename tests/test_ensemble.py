@@ -187,6 +187,14 @@ def test_an_ensemble_config_pairs_its_members_seed_by_seed(
   assert (tmp_path / "ensemble" / "per_class_f1.png").read_bytes().startswith(b"\x89PNG")
   table = runs.format_paired(result, "t")
   assert "ensemble: softmax_sum" in table and "all 4 models" in table
+  # The same pairs from the command line, for runs trained apart.
+  capsys.readouterr()
+  out = tmp_path / "paired"
+  assert runs.main([str(tmp_path / "a"), str(tmp_path / "b"), "--paired", f"--out={out}"]) == 0
+  assert "Ensembles of a + b, seed by seed" in capsys.readouterr().out
+  written = json.loads((out / "ensemble.json").read_text())
+  assert [pair["members"] for pair in written["pairs"]] == [p["members"] for p in result["pairs"]]
+  assert written["rule_summaries"] == json.loads(json.dumps(result["rule_summaries"]))
 
   # A rerun reuses the finished members instead of training them again.
   history = (tmp_path / "a" / "metrics.jsonl").read_text()
