@@ -12,8 +12,8 @@ whose file or data no longer match its results, is restored and predicted again.
 scores the ensemble of every member of the given workdirs (B3: two MLPs; B6:
 two CNNs) next to each member, with each rule of `fmnist_jax.ensemble`, on the
 splits the runs share, and writes ensemble.json into --out. With --paired it
-scores the studies' ensembles instead, as the ensemble configs do: member m of
-every run together (runs trained with the same seeds), mean +- std over m.
+scores the studies' ensembles instead, as the ensemble configs do: seed m of
+every run together, for each seed they all trained, mean +- std over m.
 """
 
 import dataclasses
@@ -191,31 +191,46 @@ def evaluate_ensemble(workdirs: list[str | pathlib.Path]) -> dict[str, Any]:
   }
 
 
-def evaluate_paired(workdirs: list[str | pathlib.Path]) -> dict[str, Any]:
-  """The studies' ensemble (one model of each run), once per seed index, and their statistics.
+def _shared_seeds(workdirs: list[pathlib.Path]) -> list[int]:
+  """The seeds every run in `workdirs` trained, in order; a UserError when there are none."""
+  seeds = {
+    workdir: [m["seed"] for m in _read_finished(workdir)[1]["members"]] for workdir in workdirs
+  }
+  shared = sorted(set.intersection(*(set(found) for found in seeds.values())))
+  if not shared:
+    listed = "; ".join(f"{workdir}: {found}" for workdir, found in seeds.items())
+    raise UserError(
+      f"an ensemble pairs the runs' members seed by seed, but no seed is in every run "
+      f"({listed}); train every member config with the same seeds (config.seed, num_seeds)"
+    )
+  return shared
 
-  Ensemble m combines member m of every run (B3: B1's seed m with B2's seed m),
-  so its mean +- std over m is comparable with each run's. The ensemble of all
-  members of all runs is reported too.
+
+def evaluate_paired(workdirs: list[str | pathlib.Path]) -> dict[str, Any]:
+  """The studies' ensemble (one model of each run), once per seed, and their statistics.
+
+  Ensemble m combines the members of every run with the m-th seed they share (B3:
+  B1's seed m with B2's seed m), so its mean +- std over m is comparable with each
+  run's. Seeds not in every run are left out (`unpaired_seeds`). The ensemble of
+  all members of all runs is reported too.
   """
   workdirs = [pathlib.Path(workdir) for workdir in workdirs]
-  sizes = {workdir.name: len(_read_finished(workdir)[1]["members"]) for workdir in workdirs}
-  if len(set(sizes.values())) > 1:
-    raise UserError(
-      f"an ensemble pairs the runs' members seed by seed, but they have different numbers of "
-      f"members ({sizes}); train every member config with the same num_seeds"
-    )
-  num_members = next(iter(sizes.values()))
+  seeds = _shared_seeds(workdirs)
   runs, labels = load_scored(workdirs)
   logits = _stacked_logits(runs)
+  # Each run's seed -> (its row in the stacked logits, its member name).
+  by_seed, offset = [], 0
+  for run in runs:
+    found = [member["seed"] for member in run.results["members"]]
+    by_seed.append({seed: (offset + i, run.member_names()[i]) for i, seed in enumerate(found)})
+    offset += len(found)
   pairs = []
-  for index in range(num_members):
-    # Member `index` of each run sits at run_number * num_members + index.
-    rows = [run_number * num_members + index for run_number in range(len(runs))]
+  for seed in seeds:
+    rows = [members[seed][0] for members in by_seed]
     scored = ensemble.score({name: value[rows] for name, value in logits.items()}, labels)
     pairs.append(
       {
-        "members": [run.member_names()[index] for run in runs],
+        "members": [members[seed][1] for members in by_seed],
         "member_metrics": scored["members"],
         "rules": scored["rules"],
         "gain": ensemble.best_member_gain(scored),
@@ -227,6 +242,11 @@ def evaluate_paired(workdirs: list[str | pathlib.Path]) -> dict[str, Any]:
     "run_summaries": {run.workdir.name: run.results["summary"] for run in runs},
     "protocol": runs[0].results["protocol"],
     "pairs": pairs,
+    "unpaired_seeds": {
+      str(run.workdir): sorted(set(members) - set(seeds))
+      for run, members in zip(runs, by_seed, strict=True)
+      if set(members) - set(seeds)
+    },
     "rule_summaries": {
       rule: metrics.across_members([pair["rules"][rule] for pair in pairs])
       for rule in ensemble.RULES
@@ -338,7 +358,7 @@ def main(argv: list[str]) -> int:
   parser.add_argument(
     "--paired",
     action="store_true",
-    help="one ensemble per seed index (member m of every run), mean +- std over them",
+    help="one ensemble per seed the runs share (seed m of every run), mean +- std over them",
   )
   args = parser.parse_args(argv)
   try:
@@ -349,6 +369,8 @@ def main(argv: list[str]) -> int:
   if args.paired:
     names = " + ".join(pathlib.Path(workdir).name for workdir in args.workdirs)
     print(format_paired(result, f"Ensembles of {names}, seed by seed"))
+    for workdir, seeds in result["unpaired_seeds"].items():
+      print(f"left out: {workdir}'s seeds {seeds}, which not every run has")
   else:
     print(ensemble.format_report(result, result["member_names"]))
     gain = result["gain"]

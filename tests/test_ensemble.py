@@ -205,12 +205,29 @@ def test_an_ensemble_config_pairs_its_members_seed_by_seed(
   assert again["rule_summaries"] == result["rule_summaries"]
 
 
-def test_ensemble_members_must_pair_up(use_small_dataset, tmp_path, monkeypatch):
-  configs = _member_configs(num_seeds=2)
-  configs[1][1].num_seeds = 1
+def test_an_ensemble_pairs_the_seeds_every_member_has(use_small_dataset, tmp_path, monkeypatch):
+  configs = _member_configs(num_seeds=2)  # a: seeds 0 and 1
+  configs[1][1].seed, configs[1][1].num_seeds = 1, 1  # b: seed 1 only
   monkeypatch.setattr(runs, "member_configs", lambda config: configs)
-  with pytest.raises(runs.UserError, match="different numbers of members"):
-    runs.fit_ensemble(small_config(), tmp_path / "ensemble", show_progress=False)
+  result = runs.fit_ensemble(small_config(), tmp_path / "ensemble", show_progress=False)
+  assert [pair["members"] for pair in result["pairs"]] == [["a/seed1", "b/seed1"]]
+  assert result["unpaired_seeds"] == {str(tmp_path / "a"): [0]}
+  # a's seed 1 is its second member: the pair scores that member's logits, not its first.
+  member_a = result["pairs"][0]["member_metrics"][0]["test"]["confusion_matrix"]
+  trained = json.loads((tmp_path / "a" / "results.json").read_text())["members"]
+  assert [m["seed"] for m in trained] == [0, 1]
+  assert member_a == trained[1]["metrics"]["test"]["confusion_matrix"]
+  assert member_a != trained[0]["metrics"]["test"]["confusion_matrix"]
+
+
+def test_runs_that_share_no_seed_do_not_pair(tmp_path):
+  for name, seeds in (("a", [0, 1]), ("b", [5])):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text(small_config().to_json())
+    members = [{"seed": seed} for seed in seeds]
+    (tmp_path / name / "results.json").write_text(json.dumps({"members": members}))
+  with pytest.raises(runs.UserError, match=r"no seed is in every run .*a: \[0, 1\].*b: \[5\]"):
+    runs.evaluate_paired([tmp_path / "a", tmp_path / "b"])
 
 
 def test_ensemble_member_configs_come_from_configs_with_the_ensembles_seeds():
