@@ -346,29 +346,34 @@ def format_summary_table(
   num_members: int,
   title: str | None = None,
   unit: str = "members",
+  unit_one: str = "member",
 ) -> str:
-  """The studies' table with mean +- std over members per cell, and accuracy's min and max.
+  """The studies' table with mean +- std over members per cell, and accuracy's min and max;
+  for a single member its values alone (a spread of one is no spread).
 
   `unit` names what the statistics run over: "members" (seeds), or "seed pairs" for an
-  ensemble scored once per seed.
+  ensemble scored once per seed; `unit_one` is its singular.
   """
   splits = ordered_splits(list(summary))
   columns = list(_TABLE_COLUMNS)
   if any(_LOSS_COLUMN[0] in summary[split] for split in splits):
     columns.append(_LOSS_COLUMN)
-  header = ["Split", *(name for _, name in columns), "Accuracy min-max"]
+  single = num_members == 1
+  header = ["Split", *(name for _, name in columns), *([] if single else ["Accuracy min-max"])]
   rows = []
   for split in splits:
+    stats = summary[split]
     cells = [
-      format_stat(summary[split][key]) if key in summary[split] else _MISSING for key, _ in columns
+      (f"{stats[key]['mean']:.4f}" if single else format_stat(stats[key]))
+      if key in stats
+      else _MISSING
+      for key, _ in columns
     ]
-    accuracy = summary[split]["accuracy"]
-    rows.append([split, *cells, f"{accuracy['min']:.4f}-{accuracy['max']:.4f}"])
+    spread = [] if single else [f"{stats['accuracy']['min']:.4f}-{stats['accuracy']['max']:.4f}"]
+    rows.append([split, *cells, *spread])
   table = render_table(header, rows, title)
-  return (
-    table + f"\nmean +- sample std over {num_members} {unit}; Precision, Recall, F1: "
-    "unweighted (macro) means over classes."
-  )
+  over = f"one {unit_one}" if single else f"mean +- sample std over {num_members} {unit}"
+  return f"{table}\n{over}; Precision, Recall, F1: unweighted (macro) means over classes."
 
 
 def format_value(value) -> str:

@@ -319,18 +319,20 @@ def fit_ensemble(
 def format_paired(result: dict, title: str) -> str:
   """The ensemble's studies table (mean +- std over seed pairs), then each run and rule on test."""
   summary = result["rule_summaries"][ensemble.STUDY_RULE]
+  single = len(result["pairs"]) == 1
   text = metrics.format_summary_table(
     summary,
     num_members=len(result["pairs"]),
     title=f"{title}\n{result['protocol']}",
     unit="seed pairs (ensemble m = seed m of every member config)",
+    unit_one="seed pair",
   )
   rows = [
-    [name, *_test_cells(run_summary["test"])]
+    [name, *_test_cells(run_summary["test"], single)]
     for name, run_summary in result["run_summaries"].items()
   ]
   rows += [
-    [f"ensemble: {rule}", *_test_cells(result["rule_summaries"][rule]["test"])]
+    [f"ensemble: {rule}", *_test_cells(result["rule_summaries"][rule]["test"], single)]
     for rule in ensemble.RULES
   ]
   all_members = result["all_members"]["rules"][ensemble.STUDY_RULE]["test"]
@@ -341,11 +343,14 @@ def format_paired(result: dict, title: str) -> str:
       f"{all_members['f1_macro']:.4f}",
     ]
   )
-  table = metrics.render_table(["Test, mean +- std over seeds", "Accuracy", "F1"], rows, title=None)
+  first = "Test" if single else "Test, mean +- std over seeds"
+  table = metrics.render_table([first, "Accuracy", "F1"], rows, title=None)
   return f"{text}\n\n{table}"
 
 
-def _test_cells(stats: dict) -> list[str]:
+def _test_cells(stats: dict, single: bool) -> list[str]:
+  if single:
+    return [f"{stats['accuracy']['mean']:.4f}", f"{stats['f1_macro']['mean']:.4f}"]
   return [metrics.format_stat(stats["accuracy"]), metrics.format_stat(stats["f1_macro"])]
 
 

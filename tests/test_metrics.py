@@ -260,6 +260,25 @@ def test_format_table():
   assert "Loss" not in no_loss and no_loss.splitlines()[0].startswith("Split")
 
 
+def test_format_summary_table_shows_a_spread_only_over_several_members():
+  other = {
+    split: dict(values, accuracy=values["accuracy"] - 0.01) for split, values in B4_SPLITS.items()
+  }
+  several = metrics.format_summary_table(
+    metrics.across_members([B4_SPLITS, other]), num_members=2
+  ).splitlines()
+  assert several[0].split()[-2:] == ["Accuracy", "min-max"]
+  assert several[4].split()[:4] == ["test", "0.9218", "+-", "0.0071"]  # mean, sample std
+  assert several[4].split()[-1] == "0.9168-0.9268"
+  assert several[-1].startswith("mean +- sample std over 2 members")
+  one = metrics.format_summary_table(
+    metrics.across_members([B4_SPLITS]), num_members=1, unit="seed pairs", unit_one="seed pair"
+  ).splitlines()
+  assert one[0].split() == ["Split", "Accuracy", "Precision", "Recall", "F1", "Loss"]
+  assert one[4].split() == ["test", "0.9268", "0.9274", "0.9268", "0.9271", "-"]
+  assert one[-1].startswith("one seed pair;")
+
+
 def test_format_per_class_table():
   cm = metrics.confusion_matrix(*map(jnp.asarray, _never_predicted(12)), NUM_CLASSES)
   summary = metrics.summarize(cm)
