@@ -17,7 +17,8 @@ Adam epsilon 1e-7; best weights restored. The README's B4 runs were trained befo
 2026-12-02 with pool_order="pool_last", which `--config.pool_order=pool_last`
 selects to reproduce them bit for bit; on CPU the default now pools first (the
 same function, different float rounding; configs/base.py). Over seeds 0-4 it tests
-at 0.9283 +- 0.0026 against pool_last's 0.9304 +- 0.0025 (README, Study B).
+at 0.9283 +- 0.0026 against pool_last's 0.9304 +- 0.0025 (README, Study B), and at
+0.9293 +- 0.0011 rerun on one AMD EPYC (Zen 5) for B6's five pairs.
 
   python launch.py --config=configs/cnn.py
 """
