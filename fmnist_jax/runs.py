@@ -239,7 +239,11 @@ def evaluate_paired(workdirs: list[str | pathlib.Path]) -> dict[str, Any]:
   everything = ensemble.score(logits, labels)
   return {
     "workdirs": [str(run.workdir) for run in runs],
-    "run_summaries": {run.workdir.name: run.results["summary"] for run in runs},
+    # Each run over the seeds paired, so that it compares with the ensembles' rows.
+    "run_summaries": {
+      run.workdir.name: metrics.across_members([pair["member_metrics"][r] for pair in pairs])
+      for r, run in enumerate(runs)
+    },
     "protocol": runs[0].results["protocol"],
     "pairs": pairs,
     "unpaired_seeds": {

@@ -218,6 +218,10 @@ def test_an_ensemble_pairs_the_seeds_every_member_has(use_small_dataset, tmp_pat
   assert [m["seed"] for m in trained] == [0, 1]
   assert member_a == trained[1]["metrics"]["test"]["confusion_matrix"]
   assert member_a != trained[0]["metrics"]["test"]["confusion_matrix"]
+  # Each run's row is over the paired seed only, as the ensemble's is.
+  paired_accuracy = result["run_summaries"]["a"]["test"]["accuracy"]
+  assert paired_accuracy["mean"] == trained[1]["metrics"]["test"]["accuracy"]
+  assert paired_accuracy["std"] == 0.0
 
 
 def test_runs_that_share_no_seed_do_not_pair(tmp_path):
