@@ -335,9 +335,11 @@ def across_members(member_metrics: Sequence[Mapping[str, Mapping[str, Any]]]) ->
   return summary
 
 
-def format_stat(stats: Mapping[str, Any], decimals: int = 4) -> str:
-  """ "0.8469 +- 0.0070" from `across_members` statistics of one scalar."""
-  return f"{stats['mean']:.{decimals}f} +- {stats['std']:.{decimals}f}"
+def format_stat(stats: Mapping[str, Any], decimals: int = 4, spread: bool = True) -> str:
+  """ "0.8469 +- 0.0070" from `across_members` statistics of one scalar; "0.8469" without
+  the spread (one member: a spread of one is no spread)."""
+  mean = f"{stats['mean']:.{decimals}f}"
+  return f"{mean} +- {stats['std']:.{decimals}f}" if spread else mean
 
 
 def format_summary_table(
@@ -364,10 +366,7 @@ def format_summary_table(
   for split in splits:
     stats = summary[split]
     cells = [
-      (f"{stats[key]['mean']:.4f}" if single else format_stat(stats[key]))
-      if key in stats
-      else _MISSING
-      for key, _ in columns
+      format_stat(stats[key], spread=not single) if key in stats else _MISSING for key, _ in columns
     ]
     spread = [] if single else [f"{stats['accuracy']['min']:.4f}-{stats['accuracy']['max']:.4f}"]
     rows.append([split, *cells, *spread])

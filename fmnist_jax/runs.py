@@ -353,9 +353,7 @@ def format_paired(result: dict, title: str) -> str:
 
 
 def _test_cells(stats: dict, single: bool) -> list[str]:
-  if single:
-    return [f"{stats['accuracy']['mean']:.4f}", f"{stats['f1_macro']['mean']:.4f}"]
-  return [metrics.format_stat(stats["accuracy"]), metrics.format_stat(stats["f1_macro"])]
+  return [metrics.format_stat(stats[key], spread=not single) for key in ("accuracy", "f1_macro")]
 
 
 def main(argv: list[str]) -> int:

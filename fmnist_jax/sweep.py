@@ -340,7 +340,7 @@ def format_markdown(sweep_results: dict) -> str:
       if stats is None:
         cells.append("-")
       elif one_seed:
-        cells.append(f"{stats['mean']:.4f}")
+        cells.append(metrics.format_stat(stats, spread=False))
       else:
         cells.append(f"{metrics.format_stat(stats)} ({stats['min']:.4f}-{stats['max']:.4f})")
     epochs = row["epochs_trained"]

@@ -1184,9 +1184,9 @@ def fit(
           saved_epoch = trained_epoch
         shown = _mean_record(active_records, num_active=int(active.sum()))
         if bar.enabled and bar.patience:  # (nothing to fetch for a hidden bar)
-          wait, done = jax.device_get((early.wait, early.stopped | early.diverged))
-          if not done.all():
-            shown["since_best"] = int(wait[~done].min())  # the member that stops last
+          still_training = active_members()
+          if still_training.any():  # the member that stops last
+            shown["since_best"] = int(np.asarray(early.wait)[still_training].min())
         bar.update(shown)
         if preempted:
           raise Preempted(
